@@ -1,0 +1,161 @@
+"""The camera branch of BEVFusion-R50 (``encoders.camera``) and its default weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..bevpool import bev_pool
+from ..config import R50, CameraConfig
+from ..geometry import depth_map_from_points, plan_bev_pool
+from .checkpoint import CameraCheckpoint, load_camera_state, read_checkpoint
+from .fold import fold_batchnorm
+from .neck import GeneralizedLSSFPN
+from .resnet import ResNet50
+from .vtransform import DepthLSSTransform
+
+
+class CameraBranch(nn.Module):
+    """``encoders.camera`` of BEVFusion: ``backbone`` (ResNet50), ``neck`` (GeneralizedLSSFPN), ``vtransform``
+    (DepthLSSTransform). ``state_dict()`` keys are the upstream ones below ``encoders.camera.``.
+
+    The monolithic forward is MIT's ``extract_camera_features`` for one sample: images + lidar points + matrices →
+    BEV ``[1, 80, 180, 180]``.
+    """
+
+    def __init__(self, config: CameraConfig = R50) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = ResNet50()
+        self.neck = GeneralizedLSSFPN(out_channels=config.in_channels)
+        self.vtransform = DepthLSSTransform(config)
+
+    def image_features(self, img: Tensor) -> Tensor:
+        """``img [B, N, 3, iH, iW]`` → neck level 0 ``[B·N, 256, fH, fW]`` (BEVFusion keeps the first level)."""
+        return self.neck(self.backbone(img.flatten(0, 1)))[0]
+
+    def forward_stages(self, sample: dict) -> dict[str, Tensor]:
+        """Run the branch on a sample dict (batch 1) and return every stage's output by name:
+
+        ``layer2/3/4`` → ``neck`` ``[N, 256, fH, fW]``; ``depth_map`` ``[1, N, 1, iH, iW]`` → ``dtransform``
+        ``[N, 64, fH, fW]``; → ``depth_weights`` ``[N, D, fH, fW]`` and ``features`` ``[N, fH, fW, C]`` →
+        ``bev`` ``[1, C, X, Y]`` → ``bev_downsampled`` ``[1, C, X/2, Y/2]``.
+
+        bev_pool here is the chunked PyTorch reference: it never materialises the outer product.
+        """
+        img = sample["img"]
+        if img.shape[0] != 1:
+            raise ValueError(f"the camera branch runs one sample at a time, got batch {img.shape[0]}")
+        vt = self.vtransform
+        levels = self.backbone(img.flatten(0, 1))
+        neck = self.neck(levels)[0]
+        depth_map = depth_map_from_points(
+            sample["points"], sample["lidar2image"], sample["img_aug_matrix"], sample["lidar_aug_matrix"],
+            self.config.image_size,
+        )
+        seen: dict[str, Tensor] = {}
+        hook = vt.dtransform.register_forward_hook(lambda module, args, out: seen.update(dtransform=out))
+        try:
+            depth_weights, features = vt.depth_and_features(neck, depth_map.flatten(0, 1))
+        finally:
+            hook.remove()
+        bev = bev_pool(depth_weights, features, plan_bev_pool(sample, self.config))
+        return {
+            "layer2": levels[0],
+            "layer3": levels[1],
+            "layer4": levels[2],
+            "neck": neck,
+            "depth_map": depth_map,
+            "dtransform": seen["dtransform"],
+            "depth_weights": depth_weights,
+            "features": features,
+            "bev": bev,
+            "bev_downsampled": vt.downsample(bev),
+        }
+
+    def forward(
+        self,
+        img: Tensor,
+        points: list[Tensor],
+        lidar2image: Tensor,
+        camera_intrinsics: Tensor,
+        camera2lidar: Tensor,
+        img_aug_matrix: Tensor,
+        lidar_aug_matrix: Tensor,
+    ) -> Tensor:
+        """Monolithic forward → BEV ``[1, C, X/2, Y/2]`` = ``[1, 80, 180, 180]``."""
+        sample = dict(img=img, points=points, lidar2image=lidar2image, camera_intrinsics=camera_intrinsics)
+        sample.update(camera2lidar=camera2lidar, img_aug_matrix=img_aug_matrix, lidar_aug_matrix=lidar_aug_matrix)
+        return self.forward_stages(sample)["bev_downsampled"]
+
+    def forward_sample(self, sample: dict) -> Tensor:
+        """``forward`` with its arguments taken from a sample dict (other keys are ignored)."""
+        return self.forward_stages(sample)["bev_downsampled"]
+
+
+def build_camera_model(
+    checkpoint: str | Path | CameraCheckpoint | None = None, seed: int = 0, config: CameraConfig = R50
+) -> CameraBranch:
+    """The camera branch in eval mode.
+
+    * ``checkpoint=None``: deterministic random weights from ``seed`` (see ``init_default_weights``);
+    * a path or a ``CameraCheckpoint``: a MIT checkpoint, a plain camera state dict, or a CUDA-BEVFusion PTQ pickle
+      (BatchNorm already folded: the model is folded the same way before loading). Loading is strict.
+    """
+    model = CameraBranch(config)
+    if checkpoint is None:
+        init_default_weights(model, seed)
+    else:
+        ckpt = checkpoint if isinstance(checkpoint, CameraCheckpoint) else read_checkpoint(checkpoint)
+        if ckpt.bn_folded:
+            fold_batchnorm(model)
+        load_camera_state(model, ckpt.state_dict)
+    return model.eval()
+
+
+@torch.no_grad()
+def init_default_weights(model: CameraBranch, seed: int = 0) -> None:
+    """Seeded, well-conditioned random weights: Kaiming-normal convs, then every BatchNorm's running statistics
+    re-estimated on a seeded random input (two cameras of multi-scale noise, which spans flat regions, edges and
+    texture like a real image, a sparse depth map, and a sparse BEV-like map for the downsample). Each BN then normalises its input to ~N(0, 1), so activations stay O(1)
+    through all 16 bottlenecks and the depth softmax is neither collapsed nor flat. Same seed, same weights.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu", generator=g)
+            if m.bias is not None:
+                m.bias.zero_()
+        elif isinstance(m, nn.BatchNorm2d):
+            m.reset_parameters()
+    # Depth logits with std ≈ 2 over 118 bins: a peaked but not one-hot distribution.
+    nn.init.normal_(model.vtransform.depthnet[-1].weight, std=2.0 * (2.0 / model.config.in_channels) ** 0.5, generator=g)
+
+    cfg = model.config
+    iH, iW = cfg.image_size
+    img = _multiscale_noise((2, 3, iH, iW), g)
+    sparse = torch.rand(2, 1, iH, iW, generator=g) < 0.02
+    depth = torch.where(sparse, 1.0 + 59.0 * torch.rand(2, 1, iH, iW, generator=g), torch.zeros(()))
+    X, Y = cfg.bev_size
+    bev = torch.relu(torch.randn(1, cfg.bev_channels, X // 2, Y // 2, generator=g)) * 3.0
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in bns:
+        bn.train()
+        bn.momentum = None  # cumulative average: after one batch, running stats = that batch's stats
+    model.vtransform.depth_and_features(model.image_features(img[None]), depth)
+    model.vtransform.downsample(bev)
+    for bn in bns:
+        bn.momentum = 0.1
+        bn.num_batches_tracked.zero_()
+    model.eval()
+
+
+def _multiscale_noise(shape: tuple[int, ...], g: torch.Generator) -> Tensor:
+    """Unit-variance noise with power at every scale from 1 to 64 px (a crude natural-image spectrum)."""
+    img = torch.zeros(shape)
+    for k in (1, 4, 16, 64):
+        noise = torch.randn(shape[0], shape[1], shape[2] // k, shape[3] // k, generator=g)
+        img += nn.functional.interpolate(noise, size=shape[2:], mode="bilinear", align_corners=False)
+    return img / img.std()

@@ -1,0 +1,181 @@
+"""Reading BEVFusion checkpoints without mmcv, mmdet3d or torchpack, and loading them strictly.
+
+Three kinds of file hold camera weights:
+
+* ``mit``: a MIT BEVFusion checkpoint, ``{"state_dict": {...}, "meta": ...}`` with the whole fusion model's keys
+  (``encoders.camera.*``, ``encoders.lidar.*``, ``fuser.*``, ``decoder.*``, ``heads.*``);
+* ``state_dict``: a plain dict of camera tensors, with or without the ``encoders.camera.`` prefix;
+* ``ptq``: CUDA-BEVFusion's ``bevfusion_ptq.pth``, a ``torch.save`` of the whole ``MMDataParallel`` module, with
+  BatchNorm folded into the convs and quantizer ``_amax`` buffers. Unpickling it normally needs mmdet3d,
+  pytorch_quantization and ``lean`` importable, and runs whatever the pickle names. bevnb reads it with a restricted
+  unpickler that rebuilds tensors and plain containers only: every other class becomes an inert stand-in whose
+  state is kept as data, so no code from the file runs.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+CAMERA_PREFIX = "encoders.camera."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the camera branch (one-line message)."""
+
+
+@dataclass
+class CameraCheckpoint:
+    """Camera weights read from a file: keys without the ``encoders.camera.`` prefix.
+
+    ``amax`` holds quantizer calibration (``<module>._input_quantizer._amax`` …) from a PTQ checkpoint, for
+    ``bevnb.quant``; ``bn_folded`` says the convs already carry their BatchNorm.
+    """
+
+    kind: str
+    state_dict: dict[str, Tensor]
+    amax: dict[str, Tensor] = field(default_factory=dict)
+    bn_folded: bool = False
+
+
+def read_checkpoint(path: str | Path) -> CameraCheckpoint:
+    """Read any of the three kinds; a missing, truncated or foreign file raises ``CheckpointError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # weights_only refuses class references: the PTQ pickle of a whole module lands here.
+        obj = _restricted_load(path)
+        return _from_module_pickle(path, obj)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        return _from_flat(path, "mit", obj["state_dict"])
+    if isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values()):
+        return _from_flat(path, "state_dict", obj)
+    raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a BEVFusion checkpoint or state dict")
+
+
+def load_camera_state(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
+    """Load strictly, or raise one ``CheckpointError`` naming every missing, unexpected and mis-shaped key (and load
+    nothing)."""
+    own = model.state_dict()
+    missing = sorted(own.keys() - state_dict.keys())
+    unexpected = sorted(state_dict.keys() - own.keys())
+    misshaped = sorted(
+        f"{k} {list(state_dict[k].shape)}≠{list(own[k].shape)}"
+        for k in own.keys() & state_dict.keys()
+        if own[k].shape != state_dict[k].shape
+    )
+    if missing or unexpected or misshaped:
+        parts = [f"{name} ({len(keys)}): {', '.join(keys[:8])}{' …' if len(keys) > 8 else ''}"
+                 for name, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+                 if keys]
+        raise CheckpointError("checkpoint does not fit the camera branch: " + "; ".join(parts))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _from_flat(path: Path, kind: str, flat: dict[str, Tensor]) -> CameraCheckpoint:
+    if any(k.startswith(CAMERA_PREFIX) for k in flat):
+        flat = {k[len(CAMERA_PREFIX):]: v for k, v in flat.items() if k.startswith(CAMERA_PREFIX)}
+    if not flat:
+        raise CheckpointError(f"{path}: no camera weights (no key under {CAMERA_PREFIX!r})")
+    weights = {k: v for k, v in flat.items() if "_quantizer." not in k}
+    amax = {k: v for k, v in flat.items() if "_quantizer." in k}
+    folded = "backbone.conv1.bias" in weights and "backbone.bn1.weight" not in weights
+    return CameraCheckpoint(kind=kind, state_dict=weights, amax=amax, bn_folded=folded)
+
+
+# --- the restricted unpickler ---------------------------------------------------------------------------------
+
+_TENSOR_GLOBALS = {
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"),
+    ("torch", "Size"),
+    ("torch", "device"),
+    ("collections", "OrderedDict"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "object"),
+    ("copyreg", "_reconstructor"),
+}
+
+
+class StandIn:
+    """An object of a class bevnb does not import (``mmdet3d…``, ``pytorch_quantization…``): it keeps its
+    constructor arguments and pickled state as plain data and has no behaviour."""
+
+    qualified_name = "?"
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.args, self.kwargs, self.state = args, kwargs, {}
+
+    def __setstate__(self, state: object) -> None:
+        self.state = state if isinstance(state, dict) else {"state": state}
+
+
+def _stand_in(module: str, name: str) -> type:
+    return type(name, (StandIn,), {"qualified_name": f"{module}.{name}"})
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in _TENSOR_GLOBALS:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        return _stand_in(module, name)
+
+
+class _RestrictedPickle:
+    """The ``pickle_module`` handed to ``torch.load``: torch's own storage handling, our ``find_class``."""
+
+    Unpickler = _RestrictedUnpickler
+    load = pickle.load
+    __name__ = "bevnb_restricted_pickle"
+
+
+def _restricted_load(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickle)
+    except Exception as exc:  # any failure of a foreign pickle is a bad file, never a crash
+        raise CheckpointError(f"{path}: not a readable module pickle ({_first_line(exc)})") from None
+
+
+def _module_tensors(obj: object, prefix: str, out: dict[str, Tensor], seen: set[tuple[int, str]]) -> None:
+    """Flatten a pickled module tree (stand-ins whose state has ``_parameters``/``_buffers``/``_modules``) into
+    ``{dotted.name: tensor}``, as ``state_dict()`` would name it. Shared submodules appear under every name."""
+    state = getattr(obj, "state", None)
+    if not isinstance(state, dict) or (id(obj), prefix) in seen:
+        return
+    seen.add((id(obj), prefix))
+    for group in ("_parameters", "_buffers"):
+        for name, value in (state.get(group) or {}).items():
+            if isinstance(value, Tensor):
+                out[prefix + name] = value.detach()
+    for name, child in (state.get("_modules") or {}).items():
+        if child is not None:
+            _module_tensors(child, f"{prefix}{name}.", out, seen)
+
+
+def _from_module_pickle(path: Path, obj: object) -> CameraCheckpoint:
+    flat: dict[str, Tensor] = {}
+    _module_tensors(obj, "", flat, set())
+    camera = {k[k.index(CAMERA_PREFIX):]: v for k, v in flat.items() if CAMERA_PREFIX in k}
+    if not camera:
+        found = getattr(obj, "qualified_name", type(obj).__name__)
+        raise CheckpointError(f"{path}: a pickled {found} without camera weights (no {CAMERA_PREFIX}* module)")
+    return _from_flat(path, "ptq", camera)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
