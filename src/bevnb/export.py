@@ -1,0 +1,199 @@
+"""ONNX export of the two camera graphs, as CUDA-BEVFusion's ``qat/export-camera.py`` writes them.
+
+* ``camera.backbone.onnx``: ``SubclassCameraModule`` — inputs ``img [1, 6, 3, 256, 704]``, ``depth [1, 6, 1, 256,
+  704]``; outputs ``camera_feature [6, 32, 88, 80]`` (NHWC), ``camera_depth_weights [6, 118, 32, 88]``. Opset 13,
+  constant folding, static shapes, then onnxsim with its check asserted.
+* ``camera.vtransform.onnx``: ``vtransform.downsample`` alone — ``feat_in [1, 80, 360, 360]`` →
+  ``feat_out [1, 80, 180, 180]``. Opset 13, constant folding, no onnxsim (as upstream).
+
+Precision follows upstream: ``fp16`` is the float graph without quantizers (the TensorRT builder picks fp16 kernels
+with ``--fp16``; the ONNX itself stays fp32), ``int8`` is the same graph with QuantizeLinear/DequantizeLinear pairs
+from a calibrated model (``bevnb.quant``).
+
+bevnb exports with the TorchScript exporter (``dynamo=False``) on purpose: since torch 2.9 ``torch.onnx.export``
+defaults to the dynamo exporter, which cannot trace pytorch-quantization's fake quant (``amax.item()`` becomes a
+data-dependent value in ``torch.export``). ``dynamo_export_error`` shows the failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from .model import CameraBranch
+from .subclass import SubclassCameraModule
+
+BACKBONE_FILE = "camera.backbone.onnx"
+VTRANSFORM_FILE = "camera.vtransform.onnx"
+BACKBONE_IO = (("img", "depth"), ("camera_feature", "camera_depth_weights"))
+VTRANSFORM_IO = (("feat_in",), ("feat_out",))
+OPSET = 13  # the first opset with per-channel (axis) QuantizeLinear/DequantizeLinear
+PRECISIONS = ("fp16", "int8")
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+class ExportError(RuntimeError):
+    """An export that cannot run or did not produce what it should (one-line message)."""
+
+
+@dataclass(frozen=True)
+class ExportedFile:
+    """One written graph: where, how long the export took, how big it is."""
+
+    path: Path
+    seconds: float
+    size_bytes: int
+    nodes: int
+
+
+def export_camera(
+    model: CameraBranch,
+    out_dir: str | Path,
+    precision: str = "fp16",
+    img: torch.Tensor | None = None,
+    simplify: bool = True,
+    verbose: bool = True,
+) -> dict[str, ExportedFile]:
+    """Write ``camera.backbone.onnx`` and ``camera.vtransform.onnx`` into ``out_dir`` (which must exist and be
+    writable) and return them by file name.
+
+    ``img`` is the trace input (default zeros ``[1, N, 3, iH, iW]``); the depth input is all zeros, as upstream
+    (the depth map is filled at run time). Each file is written to a temporary name and renamed, so an export that
+    fails never leaves a broken file in place of a good one.
+    """
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    out_dir = _writable_dir(out_dir)
+    cfg = model.config
+    iH, iW = cfg.image_size
+    img = torch.zeros(1, cfg.num_cameras, 3, iH, iW) if img is None else img
+    depth = torch.zeros(1, cfg.num_cameras, 1, iH, iW)
+    bev = torch.zeros(1, cfg.bev_channels, *cfg.bev_size)
+    model = model.eval()
+    written = {}
+    with _precision_mode(model, precision):
+        jobs = (
+            (BACKBONE_FILE, SubclassCameraModule(model), (img, depth), BACKBONE_IO, simplify),
+            (VTRANSFORM_FILE, model.vtransform.downsample, (bev,), VTRANSFORM_IO, False),
+        )
+        for step, (name, module, inputs, (in_names, out_names), simp) in enumerate(jobs, 1):
+            start = time.perf_counter()
+            if verbose:
+                print(f"[{step}/2] {name}: tracing ({precision}) …", end="", flush=True)
+            graph = trace_to_onnx(module, inputs, in_names, out_names)
+            if simp:
+                if verbose:
+                    print(" simplifying …", end="", flush=True)
+                graph = simplify_graph(graph)
+            path = _save_atomically(graph, out_dir / name)
+            seconds = time.perf_counter() - start
+            written[name] = ExportedFile(path, seconds, path.stat().st_size, len(graph.graph.node))
+            if verbose:
+                size_mb = written[name].size_bytes / 1e6
+                print(f" {seconds:.1f} s, {size_mb:.1f} MB, {len(graph.graph.node)} nodes", flush=True)
+    return written
+
+
+def trace_to_onnx(
+    module: nn.Module, inputs: tuple[torch.Tensor, ...], input_names: tuple[str, ...], output_names: tuple[str, ...]
+) -> onnx.ModelProto:
+    """TorchScript-exporter trace at opset 13 with constant folding and static shapes, in memory."""
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            inputs,
+            buffer,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def simplify_graph(graph: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxsim, with its numerical check asserted (as upstream) and the Q/DQ pairs counted before and after: onnxsim
+    is known to fold Q/DQ on constant weights (onnxsim #216), which would silently drop weight quantization."""
+    import onnxsim
+
+    before = count_ops(graph, QDQ_OPS)
+    simplified, ok = onnxsim.simplify(graph)
+    if not ok:
+        raise ExportError("onnxsim's check failed: the simplified graph does not compute what the traced one does")
+    after = count_ops(simplified, QDQ_OPS)
+    if after != before:
+        raise ExportError(f"onnxsim changed the Q/DQ nodes {before} → {after}; the int8 graph would lose quantizers")
+    return simplified
+
+
+def count_ops(graph: onnx.ModelProto, op_types: tuple[str, ...]) -> dict[str, int]:
+    """How many nodes of each of ``op_types`` the graph has."""
+    return {op: sum(node.op_type == op for node in graph.graph.node) for op in op_types}
+
+
+def dynamo_export_error(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> str | None:
+    """Try the default (dynamo) exporter of torch ≥ 2.9 on ``module``; return the first line of its error, or None
+    if it exported. Used by the notebooks to show why bevnb passes ``dynamo=False``."""
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            torch.onnx.export(module, inputs, io.BytesIO(), dynamo=True)
+    except Exception as exc:  # the point is to show whatever it raises
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    return None
+
+
+@contextlib.contextmanager
+def _precision_mode(model: nn.Module, precision: str) -> Iterator[None]:
+    """fp16: quantizers (if any) disabled, as upstream's ``--fp16``. int8: fake quant through torch's native ops,
+    which export as QuantizeLinear/DequantizeLinear (``use_fb_fake_quant``)."""
+    from . import quant
+
+    if precision == "int8":
+        if not quant.is_calibrated(model):
+            raise ExportError("int8 export needs a quantized, calibrated model: run bevnb.quant.quantize_camera "
+                              "and bevnb.quant.calibrate first (or load a calibration)")
+        with quant.export_mode():
+            yield
+    elif quant.is_quantized(model):
+        with quant.quantization_disabled(model):
+            yield
+    else:
+        yield
+
+
+def _writable_dir(out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        what = "is not a folder" if out_dir.exists() else "does not exist"
+        raise ExportError(f"output folder {out_dir} {what}; create it first")
+    try:
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise ExportError(f"output folder {out_dir} is not writable ({exc.strerror})") from None
+    return out_dir
+
+
+def _save_atomically(graph: onnx.ModelProto, path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        onnx.save(graph, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
