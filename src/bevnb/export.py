@@ -22,6 +22,8 @@ import io
 import os
 import tempfile
 import time
+import warnings
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +86,14 @@ def export_camera(
     with _precision_mode(model, precision):
         jobs = (
             (BACKBONE_FILE, SubclassCameraModule(model), (img, depth), BACKBONE_IO, simplify),
-            (VTRANSFORM_FILE, model.vtransform.downsample, (bev,), VTRANSFORM_IO, False),
+            # Wrapped so that the exporter's scope names read /downsample/… as in the model.
+            (
+                VTRANSFORM_FILE,
+                nn.Sequential(OrderedDict(downsample=model.vtransform.downsample)),
+                (bev,),
+                VTRANSFORM_IO,
+                False,
+            ),
         )
         for step, (name, module, inputs, (in_names, out_names), simp) in enumerate(jobs, 1):
             start = time.perf_counter()
@@ -109,7 +118,9 @@ def trace_to_onnx(
 ) -> onnx.ModelProto:
     """TorchScript-exporter trace at opset 13 with constant folding and static shapes, in memory."""
     buffer = io.BytesIO()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # The Python-int shapes that make the graph static are deliberate; the tracer warns about each of them.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             module,
             inputs,
@@ -163,8 +174,10 @@ def _precision_mode(model: nn.Module, precision: str) -> Iterator[None]:
 
     if precision == "int8":
         if not quant.is_calibrated(model):
-            raise ExportError("int8 export needs a quantized, calibrated model: run bevnb.quant.quantize_camera "
-                              "and bevnb.quant.calibrate first (or load a calibration)")
+            raise ExportError(
+                "int8 export needs a quantized, calibrated model: run bevnb.quant.quantize_camera "
+                "and bevnb.quant.calibrate first (or load a calibration)"
+            )
         with quant.export_mode():
             yield
     elif quant.is_quantized(model):

@@ -27,8 +27,10 @@ def compare(reference: Tensor, test: Tensor) -> dict[str, float]:
     norms = ref.norm().item() * out.norm().item()
     if noise == 0:
         sqnr = math.inf
+    elif signal == 0:
+        sqnr = -math.inf
     else:
-        sqnr = 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+        sqnr = 10 * math.log10(signal / noise)
     return {
         "max_abs": err.abs().max().item() if err.numel() else 0.0,
         "rel": err.abs().max().item() / scale if scale > 0 else 0.0,

@@ -52,7 +52,10 @@ class CameraBranch(nn.Module):
         levels = self.backbone(img.flatten(0, 1))
         neck = self.neck(levels)[0]
         depth_map = depth_map_from_points(
-            sample["points"], sample["lidar2image"], sample["img_aug_matrix"], sample["lidar_aug_matrix"],
+            sample["points"],
+            sample["lidar2image"],
+            sample["img_aug_matrix"],
+            sample["lidar_aug_matrix"],
             self.config.image_size,
         )
         seen: dict[str, Tensor] = {}
@@ -117,10 +120,12 @@ def build_camera_model(
 
 @torch.no_grad()
 def init_default_weights(model: CameraBranch, seed: int = 0) -> None:
-    """Seeded, well-conditioned random weights: Kaiming-normal convs, then every BatchNorm's running statistics
-    re-estimated on a seeded random input (two cameras of multi-scale noise, which spans flat regions, edges and
-    texture like a real image, a sparse depth map, and a sparse BEV-like map for the downsample). Each BN then normalises its input to ~N(0, 1), so activations stay O(1)
-    through all 16 bottlenecks and the depth softmax is neither collapsed nor flat. Same seed, same weights.
+    """Seeded, well-conditioned random weights, so that fp32-vs-int8 comparisons later mean something.
+
+    Kaiming-normal convs, then every BatchNorm's running statistics re-estimated on a seeded random input: two
+    cameras of multi-scale noise (flat regions, edges and texture, like a real image), a sparse depth map, and a
+    sparse BEV-like map for the downsample. Each BN then normalises its input to about N(0, 1), so activations stay
+    O(1) through all 16 bottlenecks and the depth softmax is neither collapsed nor flat. Same seed, same weights.
     """
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
@@ -131,7 +136,9 @@ def init_default_weights(model: CameraBranch, seed: int = 0) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             m.reset_parameters()
     # Depth logits with std ≈ 2 over 118 bins: a peaked but not one-hot distribution.
-    nn.init.normal_(model.vtransform.depthnet[-1].weight, std=2.0 * (2.0 / model.config.in_channels) ** 0.5, generator=g)
+    nn.init.normal_(
+        model.vtransform.depthnet[-1].weight, std=2.0 * (2.0 / model.config.in_channels) ** 0.5, generator=g
+    )
 
     cfg = model.config
     iH, iW = cfg.image_size

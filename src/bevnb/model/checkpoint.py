@@ -15,7 +15,6 @@ Three kinds of file hold camera weights:
 from __future__ import annotations
 
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 CAMERA_PREFIX = "encoders.camera."
+CAMERA_PARTS = ("backbone", "neck", "vtransform")
 
 
 class CheckpointError(ValueError):
@@ -54,7 +54,7 @@ def read_checkpoint(path: str | Path) -> CameraCheckpoint:
         # weights_only refuses class references: the PTQ pickle of a whole module lands here.
         obj = _restricted_load(path)
         return _from_module_pickle(path, obj)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+    except Exception as exc:  # truncated zip, text, random bytes: torch raises many types; all mean "bad file"
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         return _from_flat(path, "mit", obj["state_dict"])
@@ -75,18 +75,20 @@ def load_camera_state(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
         if own[k].shape != state_dict[k].shape
     )
     if missing or unexpected or misshaped:
-        parts = [f"{name} ({len(keys)}): {', '.join(keys[:8])}{' …' if len(keys) > 8 else ''}"
-                 for name, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
-                 if keys]
+        parts = [
+            f"{name} ({len(keys)}): {', '.join(keys[:8])}{' …' if len(keys) > 8 else ''}"
+            for name, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+            if keys
+        ]
         raise CheckpointError("checkpoint does not fit the camera branch: " + "; ".join(parts))
     model.load_state_dict(state_dict, strict=True)
 
 
 def _from_flat(path: Path, kind: str, flat: dict[str, Tensor]) -> CameraCheckpoint:
     if any(k.startswith(CAMERA_PREFIX) for k in flat):
-        flat = {k[len(CAMERA_PREFIX):]: v for k, v in flat.items() if k.startswith(CAMERA_PREFIX)}
-    if not flat:
-        raise CheckpointError(f"{path}: no camera weights (no key under {CAMERA_PREFIX!r})")
+        flat = {k[len(CAMERA_PREFIX) :]: v for k, v in flat.items() if k.startswith(CAMERA_PREFIX)}
+    if not any(k.split(".")[0] in CAMERA_PARTS for k in flat):
+        raise CheckpointError(f"{path}: no camera weights (no key under {CAMERA_PREFIX!r} or {'/'.join(CAMERA_PARTS)})")
     weights = {k: v for k, v in flat.items() if "_quantizer." not in k}
     amax = {k: v for k, v in flat.items() if "_quantizer." in k}
     folded = "backbone.conv1.bias" in weights and "backbone.bn1.weight" not in weights
@@ -118,6 +120,10 @@ class StandIn:
     def __init__(self, *args: object, **kwargs: object) -> None:
         self.args, self.kwargs, self.state = args, kwargs, {}
 
+    def __call__(self, *args: object, **kwargs: object) -> StandIn:
+        # A pickle may call what it built (``getattr(cls, name)(…)``): the result is just another inert stand-in.
+        return StandIn(*args, **kwargs)
+
     def __setstate__(self, state: object) -> None:
         self.state = state if isinstance(state, dict) else {"state": state}
 
@@ -147,7 +153,7 @@ def _restricted_load(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickle)
     except Exception as exc:  # any failure of a foreign pickle is a bad file, never a crash
-        raise CheckpointError(f"{path}: not a readable module pickle ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from None
 
 
 def _module_tensors(obj: object, prefix: str, out: dict[str, Tensor], seen: set[tuple[int, str]]) -> None:
@@ -169,7 +175,7 @@ def _module_tensors(obj: object, prefix: str, out: dict[str, Tensor], seen: set[
 def _from_module_pickle(path: Path, obj: object) -> CameraCheckpoint:
     flat: dict[str, Tensor] = {}
     _module_tensors(obj, "", flat, set())
-    camera = {k[k.index(CAMERA_PREFIX):]: v for k, v in flat.items() if CAMERA_PREFIX in k}
+    camera = {k[k.index(CAMERA_PREFIX) :]: v for k, v in flat.items() if CAMERA_PREFIX in k}
     if not camera:
         found = getattr(obj, "qualified_name", type(obj).__name__)
         raise CheckpointError(f"{path}: a pickled {found} without camera weights (no {CAMERA_PREFIX}* module)")

@@ -16,8 +16,9 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
 
 
 def fold_batchnorm(module: nn.Module) -> int:
-    """Fold every BatchNorm2d that directly follows a convolution (float or QuantConv2d) among a module's children, recursively, and replace it
-    with ``nn.Identity`` (so its state_dict keys disappear and the conv gains a bias, as in the PTQ checkpoint).
+    """Fold every BatchNorm2d that directly follows a convolution (float or QuantConv2d) among a module's children,
+    recursively, and replace it with ``nn.Identity`` (its state_dict keys disappear and the conv gains a bias, as in
+    the PTQ checkpoint).
 
     Pairs are found by attribute order, like upstream: ``conv1``/``bn1`` in a ResNet block, ``conv``/``bn`` in a
     ConvModule, ``0``/``1`` in a Sequential. Returns the number of folded BatchNorms.
@@ -25,7 +26,11 @@ def fold_batchnorm(module: nn.Module) -> int:
     folded = 0
     previous: tuple[str, nn.Module] | None = None
     for name, child in list(module.named_children()):
-        if isinstance(child, nn.BatchNorm2d) and previous is not None and isinstance(previous[1], nn.modules.conv._ConvNd):
+        if (
+            isinstance(child, nn.BatchNorm2d)
+            and previous is not None
+            and isinstance(previous[1], nn.modules.conv._ConvNd)
+        ):
             fold_conv_bn(previous[1], child)
             setattr(module, name, nn.Identity())
             folded += 1

@@ -59,7 +59,7 @@ class ResNet50(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         in_channels = 64
-        for i, (n, width) in enumerate(zip(self.blocks, (64, 128, 256, 512))):
+        for i, (n, width) in enumerate(zip(self.blocks, (64, 128, 256, 512), strict=True)):
             stride = 1 if i == 0 else 2
             layer = []
             for k in range(n):
