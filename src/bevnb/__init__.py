@@ -1,15 +1,21 @@
 """bevnb: how CUDA-BEVFusion splits BEVFusion-R50's camera branch for deployment, step by step.
 
-The entry points the notebooks use, one per step:
+One entry point per step of the tutorial:
 
-* ``build_camera_model`` — the camera branch (``encoders.camera``), default seeded weights or a checkpoint;
+* ``build_camera_model`` — the camera branch (``encoders.camera``): seeded default weights or a checkpoint;
+* ``make_sample`` — the export sample (``"zeros"``) or a synthetic six-camera scene (``"synthetic"``);
+* ``SubclassCameraModule`` — the split point: ``(img, depth) → (camera_feature, camera_depth_weights)``;
+* ``export_camera`` — ``camera.backbone.onnx`` and ``camera.vtransform.onnx``, fp16 or int8;
 * ``plan_bev_pool`` / ``bev_pool`` — the calibration-time plan and the pooling kernels.
 """
 
 from .bevpool import bev_pool
 from .config import R50, CameraConfig
+from .data import make_sample
+from .export import export_camera
 from .geometry import BevPoolPlan, plan_bev_pool
 from .model import CameraBranch, CheckpointError, build_camera_model, read_checkpoint
+from .subclass import SubclassCameraModule
 
 __version__ = "0.1.0"
 
@@ -19,8 +25,11 @@ __all__ = [
     "CameraBranch",
     "CameraConfig",
     "CheckpointError",
+    "SubclassCameraModule",
     "bev_pool",
     "build_camera_model",
+    "export_camera",
+    "make_sample",
     "plan_bev_pool",
     "read_checkpoint",
 ]

@@ -1,0 +1,34 @@
+"""Text views of the camera branch for the notebooks: parameters per part and a compact module tree."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..tables import Table
+
+PARTS = ("backbone", "neck", "vtransform.dtransform", "vtransform.depthnet", "vtransform.downsample")
+
+
+def parameter_table(model: nn.Module) -> Table:
+    """Parameters and fp32 megabytes of each part (buffers such as the frustum are not parameters)."""
+    rows = []
+    for part in PARTS:
+        n = sum(p.numel() for p in model.get_submodule(part).parameters())
+        rows.append((part, n, round(n * 4 / 1e6, 2)))
+    total = sum(p.numel() for p in model.parameters())
+    rows.append(("total", total, round(total * 4 / 1e6, 2)))
+    return Table(rows, ("part", "parameters", "MB fp32"), title="camera branch parameters")
+
+
+def module_tree(module: nn.Module, max_depth: int = 2, prefix: str = "") -> str:
+    """The module hierarchy to ``max_depth`` levels, each line ``name: Type (parameters)``."""
+    lines = []
+    for name, child in module.named_children():
+        n = sum(p.numel() for p in child.parameters())
+        indent = "  " * prefix.count(".")
+        lines.append(f"{indent}{prefix}{name}: {type(child).__name__} ({n:,} params)")
+        if prefix.count(".") + 1 < max_depth:
+            sub = module_tree(child, max_depth, f"{prefix}{name}.")
+            if sub:
+                lines.append(sub)
+    return "\n".join(lines)
