@@ -149,6 +149,23 @@ class BevPoolPlan:
         moved = {k: getattr(self, k).to(device) for k in _PLAN_TENSORS}
         return BevPoolPlan(**moved, **{k: getattr(self, k) for k in _PLAN_META})
 
+    def select_intervals(self, index: Tensor) -> BevPoolPlan:
+        """The plan restricted to the cells ``interval ids index [K']`` (ascending keeps the cell order), e.g.
+        ``torch.arange(0, K, 8)`` for a spatially even eighth of the work. Points keep their order inside a cell."""
+        lengths = self.interval_lengths[index].long()
+        starts = lengths.cumsum(0) - lengths
+        # Point j of the new plan is point (old start + offset in its interval) of the old one.
+        offset = torch.arange(int(lengths.sum()), device=lengths.device) - starts.repeat_interleave(lengths)
+        points = self.interval_starts[index].long().repeat_interleave(lengths) + offset
+        ranks = {k: getattr(self, k)[points] for k in ("ranks_depth", "ranks_feat", "ranks_bev")}
+        i32 = torch.int32
+        return BevPoolPlan(
+            **ranks,
+            interval_starts=starts.to(i32),
+            interval_lengths=lengths.to(i32),
+            **{k: getattr(self, k) for k in _PLAN_META},
+        )
+
     def summary(self) -> dict[str, float]:
         """Counts a reader wants to see: candidates, kept points, cells hit, interval lengths."""
         lengths = self.interval_lengths.float()
@@ -173,27 +190,37 @@ def plan_from_geometry(geometry: Tensor, config: CameraConfig = R50) -> BevPoolP
     """Build the plan from lidar-frame frustum points ``[N, D, fH, fW, 3]`` (one sample).
 
     Cell indices follow MIT's truncation: ``((p - (bx - dx/2)) / dx).long()`` rounds toward zero, so a point up to
-    one cell below the lower bound still lands in cell 0 (z effectively covers (-30, 10) for R50). bevnb keeps that
-    on purpose, to pool exactly what the PyTorch model pools.
+    one cell below the lower bound still lands in cell 0 (x, y effectively cover (-54.3, 54) and z (-30, 10) for
+    R50). bevnb keeps that on purpose, to pool exactly what the PyTorch model pools. The keep test is written on the
+    float cell coordinate q (``trunc(q) ∈ [0, n)`` ⇔ ``-1 < q < n``), so NaN or huge values are dropped, never wrapped.
+
+    Differences from CUDA-BEVFusion's ``camera-geometry.cu``, all deliberate:
+
+    * dropped points are removed before the sort instead of getting rank 0, so they cannot mix into the points of
+      cell (0, 0, 0) (upstream's corner-cell collision, issue #222);
+    * intervals come from the run lengths of the sorted ranks, so the last interval keeps its last point (upstream
+      ended it at ``numel - 1``, PR #250);
+    * ``ranks_bev`` uses the row stride Y, correct for non-square grids (issue #315).
     """
     N, D, fH, fW, _ = geometry.shape
     X, Y, Z = config.grid_size
     C = config.out_channels
-    lower = torch.tensor(config.cell_center0) - torch.tensor(config.cell_size) / 2
-    cells = ((geometry.reshape(-1, 3).float() - lower) / torch.tensor(config.cell_size)).long()
-    ix, iy, iz = cells.unbind(-1)
-    kept = (ix >= 0) & (ix < X) & (iy >= 0) & (iy < Y) & (iz >= 0) & (iz < Z)
-    ranks_depth = torch.nonzero(kept).squeeze(1)
+    if N * D * fH * fW >= 2**31 or Z * C * X * Y >= 2**31:
+        raise ValueError(f"plan indices are int32: got {N * D * fH * fW} frustum points and {Z * C * X * Y} outputs")
+    dx = torch.tensor(config.cell_size, device=geometry.device)
+    lower = torch.tensor(config.cell_center0, device=geometry.device) - dx / 2
+    q = (geometry.reshape(-1, 3).float() - lower) / dx
+    qx, qy, qz = q.unbind(-1)
+    kept = (qx > -1) & (qx < X) & (qy > -1) & (qy < Y) & (qz > -1) & (qz < Z)
+    ranks_depth = kept.nonzero().squeeze(1)  # flat index of (n, d, h, w), ascending
+    ix, iy, iz = q[ranks_depth].to(torch.int32).unbind(-1)  # float → int truncates toward zero, like .long()
+    ranks_bev, order = torch.sort(iz * (C * X * Y) + ix * Y + iy, stable=True)
+    ranks_depth = ranks_depth[order]
     # Depth index (n, d, h, w) → feature row (n, h, w): drop the d digit.
     hw = fH * fW
     ranks_feat = (ranks_depth // (D * hw)) * hw + ranks_depth % hw
-    ranks_bev = iz[kept] * (C * X * Y) + ix[kept] * Y + iy[kept]
-    ranks_bev, order = torch.sort(ranks_bev, stable=True)
-    ranks_depth, ranks_feat = ranks_depth[order], ranks_feat[order]
-    starts = torch.ones_like(ranks_bev, dtype=torch.bool)
-    starts[1:] = ranks_bev[1:] != ranks_bev[:-1]
-    interval_starts = torch.nonzero(starts).squeeze(1)
-    interval_lengths = torch.diff(interval_starts, append=torch.tensor([ranks_bev.numel()]))
+    _, interval_lengths = torch.unique_consecutive(ranks_bev, return_counts=True)
+    interval_starts = interval_lengths.cumsum(0) - interval_lengths
     i32 = torch.int32
     return BevPoolPlan(
         ranks_depth=ranks_depth.to(i32),
@@ -219,9 +246,14 @@ def plan_bev_pool(sample: dict, config: CameraConfig = R50) -> BevPoolPlan:
     same matrices returns the cached plan, as CUDA-BEVFusion recomputes geometry only when calibration changes.
     """
     keys = ("camera2lidar", "camera_intrinsics", "img_aug_matrix", "lidar_aug_matrix")
-    mats = [sample[k].detach().to("cpu", torch.float32).contiguous() for k in keys]
-    if mats[0].shape[0] != 1:
-        raise ValueError(f"plan_bev_pool takes one sample (batch 1), got batch {mats[0].shape[0]}")
+    missing = [k for k in keys if k not in sample]
+    if missing:
+        raise ValueError(f"plan_bev_pool needs the sample keys {', '.join(keys)}; missing {', '.join(missing)}")
+    mats = [torch.as_tensor(sample[k]).detach().to("cpu", torch.float32).contiguous() for k in keys]
+    want = [(1, config.num_cameras, 4, 4)] * 3 + [(1, 4, 4)]
+    for k, m, shape in zip(keys, mats, want, strict=True):
+        if tuple(m.shape) != shape:
+            raise ValueError(f"{k} must be {list(shape)} (one sample), got {list(m.shape)}")
     key = repr(config).encode() + b"".join(m.numpy().tobytes() for m in mats)
     if key not in _PLAN_CACHE:
         geometry = get_geometry(create_frustum(config), *mats)
