@@ -239,11 +239,12 @@ def plan_from_geometry(geometry: Tensor, config: CameraConfig = R50) -> BevPoolP
 _PLAN_CACHE: dict[bytes, BevPoolPlan] = {}
 
 
-def plan_bev_pool(sample: dict, config: CameraConfig = R50) -> BevPoolPlan:
+def plan_bev_pool(sample: dict, config: CameraConfig = R50, use_cache: bool = True) -> BevPoolPlan:
     """The bev_pool plan for the calibration in ``sample`` (batch 1), cached by calibration.
 
     Reads ``camera2lidar``, ``camera_intrinsics``, ``img_aug_matrix`` and ``lidar_aug_matrix``; a second call with the
-    same matrices returns the cached plan, as CUDA-BEVFusion recomputes geometry only when calibration changes.
+    same matrices returns the cached plan, as CUDA-BEVFusion recomputes geometry only when calibration changes
+    (``use_cache=False`` recomputes it, e.g. to time it).
     """
     keys = ("camera2lidar", "camera_intrinsics", "img_aug_matrix", "lidar_aug_matrix")
     missing = [k for k in keys if k not in sample]
@@ -255,7 +256,7 @@ def plan_bev_pool(sample: dict, config: CameraConfig = R50) -> BevPoolPlan:
         if tuple(m.shape) != shape:
             raise ValueError(f"{k} must be {list(shape)} (one sample), got {list(m.shape)}")
     key = repr(config).encode() + b"".join(m.numpy().tobytes() for m in mats)
-    if key not in _PLAN_CACHE:
+    if key not in _PLAN_CACHE or not use_cache:
         geometry = get_geometry(create_frustum(config), *mats)
         _PLAN_CACHE[key] = plan_from_geometry(geometry[0], config)
     return _PLAN_CACHE[key]

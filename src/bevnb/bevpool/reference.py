@@ -1,7 +1,7 @@
 """bev_pool in plain PyTorch: the reference every other backend is checked against, and MIT's naive path.
 
 Both return the BEV features ``[1, Z·C, X, Y]`` (rows x, columns y) from depth weights ``[N, D, fH, fW]`` and
-NHWC features ``[N, fH, fW, C]``, accumulating in fp32.
+NHWC features ``[N, fH, fW, C]``, accumulating in fp32 and returning the input dtype.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def bev_pool_reference(depth: Tensor, feat: Tensor, plan: BevPoolPlan, chunk: in
     for s in range(0, plan.num_points, chunk):
         e = s + chunk
         out.index_add_(0, cells[s:e], d[rd[s:e]].float()[:, None] * f[rf[s:e]].float())
-    return _to_output(out, plan)
+    return _to_output(out, plan).to(feat.dtype)
 
 
 def bev_pool_naive(depth: Tensor, feat: Tensor, plan: BevPoolPlan) -> Tensor:
@@ -49,4 +49,4 @@ def bev_pool_naive(depth: Tensor, feat: Tensor, plan: BevPoolPlan) -> Tensor:
     X, Y, Z = plan.grid_size
     out = torch.zeros(Z * X * Y, C, dtype=torch.float32, device=feat.device)
     out.index_add_(0, _cells(plan).to(feat.device), frustum_features[plan.ranks_depth.to(feat.device).long()])
-    return _to_output(out, plan)
+    return _to_output(out, plan).to(feat.dtype)
