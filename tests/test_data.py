@@ -11,9 +11,12 @@ from bevnb.data import (
     SAMPLE_KEYS,
     TENSOR_MAGIC,
     check_calibration,
+    denormalize_image,
     depth_map,
+    load_example_data,
     make_sample,
     read_tensor,
+    sample_table,
     write_tensor,
 )
 from bevnb.scene import load_rig
@@ -58,7 +61,7 @@ def test_rig_matrices_follow_nuscenes_conventions(zeros):
 
 
 def test_make_sample_rejects_unknown_kind():
-    with pytest.raises(ValueError, match="kind must be one of zeros, got 'nuscenes'"):
+    with pytest.raises(ValueError, match="kind must be one of zeros, synthetic, got 'nuscenes'"):
         make_sample("nuscenes")
 
 
@@ -164,3 +167,67 @@ def test_tensor_errors_are_clear(tmp_path):
         read_tensor(tmp_path / "tiny.tensor")
     with pytest.raises(ValueError, match=r"the \.tensor format stores .* got torch\.bool"):
         write_tensor(tmp_path / "b.tensor", torch.zeros(3, dtype=torch.bool))
+
+
+# ------------------------------------------------------------------------------------------------- example-data
+
+
+def _write_example_data(directory, sample: dict, points: torch.Tensor) -> None:
+    """An example-data folder as CUDA-BEVFusion ships it: six raw JPEGs, four matrices, fp16 points. Each image is
+    black left of x = 800 and above y = 600 (raw pixels), so the resize + crop can be located."""
+    from PIL import Image
+
+    for key in ("camera_intrinsics", "camera2lidar", "lidar2image", "img_aug_matrix"):
+        write_tensor(directory / f"{key}.tensor", sample[key])
+    write_tensor(directory / "points.tensor", points.half())
+    raw = np.zeros((900, 1600, 3), dtype=np.uint8)
+    raw[:, 800:, 0] = 255
+    raw[600:, :, 1] = 255
+    for i, name in enumerate(load_rig().camera_names):
+        Image.fromarray(raw).save(directory / f"{i}-{name.removeprefix('CAM_')}.jpg", quality=95)
+
+
+def test_load_example_data_builds_the_same_sample(tmp_path, zeros):
+    points = torch.tensor([[10.0, 20.0, -1.5, 30.0, 0.0], [-5.0, 3.0, 0.5, 200.0, 0.05]])
+    _write_example_data(tmp_path, zeros, points)
+    sample = load_example_data(tmp_path)
+    assert set(sample) == set(SAMPLE_KEYS)
+    for key in ("camera_intrinsics", "camera2lidar", "lidar2image", "img_aug_matrix", "lidar2camera"):
+        torch.testing.assert_close(sample[key], zeros[key], msg=key)
+    assert torch.equal(sample["lidar_aug_matrix"], torch.eye(4)[None])
+    # without lidar2ego/camera2ego files the ego frame is the lidar frame; with them, they are read
+    assert torch.equal(sample["lidar2ego"], torch.eye(4)[None])
+    torch.testing.assert_close(sample["camera2ego"], zeros["camera2lidar"])
+    for key in ("lidar2ego", "camera2ego"):
+        write_tensor(tmp_path / f"{key}.tensor", zeros[key])
+    with_ego = load_example_data(tmp_path)
+    assert torch.equal(with_ego["lidar2ego"], zeros["lidar2ego"]) and torch.equal(
+        with_ego["camera2ego"], zeros["camera2ego"]
+    )
+    assert sample["points"][0].dtype == torch.float32
+    torch.testing.assert_close(sample["points"][0], points.half().float())
+    rgb = denormalize_image(sample["img"][0, 3])  # [3, 256, 704]
+    # raw column 800 → 800·0.48 - 32 = 352; raw row 600 → 600·0.48 - 176 = 112
+    assert rgb.shape == (3, 256, 704)
+    red_from = int((rgb[0].mean(0) > 0.5).nonzero()[0])
+    green_from = int((rgb[1].mean(1) > 0.5).nonzero()[0])
+    assert (red_from, green_from) == (352, 112)
+
+
+def test_load_example_data_errors(tmp_path, zeros):
+    with pytest.raises(ValueError, match="is not a directory"):
+        load_example_data(tmp_path / "nowhere")
+    _write_example_data(tmp_path, zeros, torch.zeros(3, 5))
+    (tmp_path / "2-FRONT_LEFT.jpg").unlink()
+    with pytest.raises(ValueError, match=r"2-FRONT_LEFT\.jpg is missing"):
+        load_example_data(tmp_path)
+    write_tensor(tmp_path / "camera2lidar.tensor", zeros["camera2lidar"][:, :4])
+    with pytest.raises(ValueError, match=r"camera2lidar\.tensor must be \[1, 6, 4, 4\], got \[1, 4, 4, 4\]"):
+        load_example_data(tmp_path)
+
+
+def test_sample_table_lists_every_key(zeros):
+    table = sample_table(zeros)
+    assert [row[0] for row in table.rows] == list(SAMPLE_KEYS)
+    assert table.rows[0][1:3] == ["[1, 6, 3, 256, 704]", "float32"]
+    assert table.rows[1][1] == "list of [0, 5]"

@@ -17,34 +17,31 @@ from torch import Tensor
 
 from .config import R50, CameraConfig
 from .geometry import depth_map_from_points
-from .scene import Rig, load_rig
+from .scene import Rig, lidar_sweep, load_rig, random_scene, render_cameras
+from .tables import Table, format_value
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-KINDS = ("zeros",)  # "synthetic" lands with bevnb.scene's renderer
+KINDS = ("zeros", "synthetic")
 
-# key → (shape, dtype, meaning); N cameras, iH × iW network input, P points, K boxes
-SAMPLE_KEYS: dict[str, tuple[str, str, str]] = {
-    "img": ("[1, N, 3, iH, iW]", "float32", "camera images after the test-time aug, ImageNet-normalised RGB"),
-    "points": ("list of [P, 5]", "float32", "lidar points, lidar frame: x, y, z (m), intensity (0–255), time lag (s)"),
-    "camera2ego": ("[1, N, 4, 4]", "float32", "camera frame → ego (car) frame"),
-    "lidar2ego": ("[1, 4, 4]", "float32", "lidar frame → ego frame"),
-    "lidar2camera": ("[1, N, 4, 4]", "float32", "lidar frame → camera frame (x right, y down, z forward)"),
-    "lidar2image": (
-        "[1, N, 4, 4]",
-        "float32",
-        "lidar frame → raw-image pixels × depth: camera_intrinsics @ lidar2camera",
-    ),
-    "camera_intrinsics": ("[1, N, 4, 4]", "float32", "K (raw 1600×900 pixels) in the top-left 3×3"),
-    "camera2lidar": ("[1, N, 4, 4]", "float32", "camera frame → lidar frame: the frustum's extrinsics"),
-    "img_aug_matrix": ("[1, N, 4, 4]", "float32", "raw pixels → network pixels: resize 0.48, crop (32, 176)"),
-    "lidar_aug_matrix": ("[1, 4, 4]", "float32", "lidar-frame augmentation; identity at test time"),
+# key → what it holds (shapes: see make_sample)
+SAMPLE_KEYS: dict[str, str] = {
+    "img": "camera images after the test-time aug, ImageNet-normalised RGB",
+    "points": "lidar points in the lidar frame: x, y, z (m), intensity (0–255), time lag (s)",
+    "camera2ego": "camera frame → ego (car) frame",
+    "lidar2ego": "lidar frame → ego frame",
+    "lidar2camera": "lidar frame → camera frame (x right, y down, z forward)",
+    "lidar2image": "lidar frame → raw-image pixels × depth: camera_intrinsics @ lidar2camera",
+    "camera_intrinsics": "K in raw 1600×900 pixels, in the top-left 3×3",
+    "camera2lidar": "camera frame → lidar frame: the extrinsics of the lift",
+    "img_aug_matrix": "raw pixels → network pixels: resize 0.48, then crop (32, 176)",
+    "lidar_aug_matrix": "lidar-frame augmentation; identity at test time",
 }
-SYNTHETIC_KEYS: dict[str, tuple[str, str, str]] = {
-    "gt_boxes": ("list of [K, 7]", "float32", "boxes, lidar frame: x, y, z (bottom centre), dx, dy, dz (m), yaw (rad)"),
-    "gt_labels": ("list of [K]", "int64", "nuScenes class index of each box (scene.CLASS_NAMES)"),
-    "instance_map": ("[1, N, iH, iW]", "int64", "index of the box each pixel sees, -1 for none"),
+SYNTHETIC_KEYS: dict[str, str] = {
+    "gt_boxes": "boxes in the lidar frame: x, y, z (bottom centre), dx, dy, dz (m), yaw (rad)",
+    "gt_labels": "nuScenes class index of each box (bevnb.scene.CLASS_NAMES)",
+    "instance_map": "index of the box each pixel sees, -1 for none",
 }
 
 _CAMERA_MATRICES = ("camera2ego", "lidar2camera", "lidar2image", "camera_intrinsics", "camera2lidar", "img_aug_matrix")
@@ -52,7 +49,12 @@ _SAMPLE_MATRICES = ("lidar2ego", "lidar_aug_matrix")
 
 
 def make_sample(kind: str = "zeros", seed: int = 0, config: CameraConfig = R50) -> dict:
-    """A batch-1 sample dict with every key of ``SAMPLE_KEYS`` (and ``SYNTHETIC_KEYS`` for ``"synthetic"``).
+    """A batch-1 sample dict with every key of ``SAMPLE_KEYS`` (and ``SYNTHETIC_KEYS`` for ``"synthetic"``):
+
+    ``img [1, N, 3, iH, iW]`` float32; ``points``: a list with one ``[P, 5]`` float32; ``camera2ego``,
+    ``lidar2camera``, ``lidar2image``, ``camera_intrinsics``, ``camera2lidar``, ``img_aug_matrix [1, N, 4, 4]``;
+    ``lidar2ego``, ``lidar_aug_matrix [1, 4, 4]``; synthetic only: ``gt_boxes`` (list of one ``[K, 7]``),
+    ``gt_labels`` (list of one ``[K]`` int64), ``instance_map [1, N, iH, iW]`` int64.
 
     * ``"zeros"``: CUDA-BEVFusion's export input: the image is all zeros and there are no lidar points (``[0, 5]``),
       so ``depth_map(sample)`` is the all-zero ``[1, N, 1, iH, iW]`` that ``export-camera.py`` feeds. (Upstream
@@ -70,6 +72,14 @@ def make_sample(kind: str = "zeros", seed: int = 0, config: CameraConfig = R50) 
     if kind == "zeros":
         sample["img"] = torch.zeros(1, N, 3, iH, iW)
         sample["points"] = [torch.zeros(0, 5)]
+    else:
+        scene = random_scene(seed, rig=rig)
+        views = render_cameras(rig, scene)
+        sample["img"] = normalize_image(views.rgb).unsqueeze(0)
+        sample["points"] = [lidar_sweep(scene)]
+        sample["gt_boxes"] = [scene.boxes.clone()]
+        sample["gt_labels"] = [scene.labels.clone()]
+        sample["instance_map"] = views.instance.unsqueeze(0)
     check_calibration(sample, config)
     return sample
 
@@ -166,20 +176,20 @@ def _shape(value: object) -> str:
     return type(value).__name__
 
 
-def sample_table(sample: dict) -> list[tuple[str, str, str, str]]:
-    """``(key, shape, dtype, meaning)`` for every key of ``sample`` that bevnb documents, in a fixed order."""
+def sample_table(sample: dict) -> Table:
+    """One row per documented key of ``sample``: shape (a list shows each tensor's), dtype, meaning."""
     rows = []
-    for key, (_, _, meaning) in {**SAMPLE_KEYS, **SYNTHETIC_KEYS}.items():
-        if key not in sample:
+    for key, meaning in {**SAMPLE_KEYS, **SYNTHETIC_KEYS}.items():
+        value = sample.get(key)
+        if value is None:
             continue
-        value = sample[key]
         if isinstance(value, list | tuple):
-            shape = "list of " + ", ".join(str(list(v.shape)) for v in value)
+            shape = "list of " + ", ".join(format_value(list(v.shape)) for v in value)
             dtype = str(value[0].dtype).removeprefix("torch.") if value else "-"
         else:
-            shape, dtype = str(list(value.shape)), str(value.dtype).removeprefix("torch.")
+            shape, dtype = list(value.shape), str(value.dtype).removeprefix("torch.")
         rows.append((key, shape, dtype, meaning))
-    return rows
+    return Table(rows, ("key", "shape", "dtype", "meaning"), "sample dict (batch 1)")
 
 
 # ---------------------------------------------------------------------------------------------------------------

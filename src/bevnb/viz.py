@@ -7,12 +7,18 @@ once and nothing accumulates in pyplot's registry. Chapters append their figure 
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import matplotlib
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
+from .config import R50, CameraConfig
 from .data import denormalize_image
-from .scene import load_rig
+from .geometry import create_frustum, get_geometry
+from .scene import CLASS_NAMES, box_corners, load_rig
 
 # nuScenes' usual picture: front cameras on top, back cameras below, each row left to right as seen from the car
 MOSAIC_LAYOUT = (("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT"), ("CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"))
@@ -56,3 +62,77 @@ def depth_overlay(sample: dict, depth: torch.Tensor, max_depth: float = 60.0) ->
         ax.set_title(f"{n}: {name}, {rows.numel()} pixels with depth", fontsize=9)
     fig.colorbar(mappable, ax=list(axes.values()), shrink=0.8, label="depth along the optical axis (m)")
     return fig
+
+
+def instance_overlay(sample: dict) -> Figure:
+    """``instance_map [1, N, iH, iW]`` (which box each pixel sees) tinted over the camera images, with box indices."""
+    img = sample["img"][0].detach().float().cpu()
+    instance = sample["instance_map"][0]
+    K = len(sample["gt_boxes"][0])
+    fig, axes = _mosaic_axes(f"instance_map {list(sample['instance_map'].shape)}: the box each pixel sees (-1: none)")
+    colors = torch.tensor(matplotlib.colormaps["tab20"].colors)[torch.arange(K) % 20]
+    for n, name in enumerate(load_rig().camera_names):
+        ax, ids = axes[name], instance[n]
+        rgb = denormalize_image(img[n]).permute(1, 2, 0)
+        tint = torch.where((ids >= 0)[..., None], 0.4 * rgb + 0.6 * colors[ids.clamp(min=0)], 0.5 * rgb)
+        ax.imshow(tint.numpy(), interpolation="nearest")
+        for k in torch.unique(ids[ids >= 0]).tolist():
+            rows, cols = torch.nonzero(ids == k, as_tuple=True)
+            ax.text(cols.float().mean(), rows.float().mean(), str(k), color="w", fontsize=8, ha="center", va="center")
+        ax.set_title(f"{n}: {name}, boxes {sorted(torch.unique(ids[ids >= 0]).tolist())}", fontsize=9)
+    return fig
+
+
+def bev_plot(sample: dict, config: CameraConfig = R50, title: str | None = None) -> Figure:
+    """Top-down view of a sample in the lidar frame: lidar points coloured by height, ground-truth boxes (when
+    the sample has them), each camera's frustum footprint (``dbound`` near to far) and the BEV grid's bounds.
+
+    Axes are metric (x right, y forward, as nuScenes' LIDAR_TOP); the bev_pool tensor stores the same grid with
+    rows = x and columns = y.
+    """
+    fig = Figure(figsize=(7.5, 8.0), layout="constrained")
+    ax = fig.subplots()
+    geometry = get_geometry(
+        create_frustum(config), sample["camera2lidar"], sample["camera_intrinsics"], sample["img_aug_matrix"]
+    )[0, :, :, 0, :, :2]  # [N, D, fW, 2]: frustum row 0; with level cameras every row has the same footprint
+    for n, name in enumerate(load_rig().camera_names):
+        outline = torch.cat((geometry[n, :, 0], geometry[n, :, -1].flip(0)))
+        ax.fill(outline[:, 0], outline[:, 1], alpha=0.12, color=f"C{n}", label=f"{name} frustum")
+    points = sample["points"][0]
+    dots = ax.scatter(points[:, 0], points[:, 1], c=points[:, 2], s=0.3, cmap="viridis", vmin=-2.0, vmax=3.0)
+    fig.colorbar(dots, ax=ax, shrink=0.7, label="point height z (m, lidar frame)")
+    if "gt_boxes" in sample:
+        for corners, label in zip(box_corners(sample["gt_boxes"][0]), sample["gt_labels"][0], strict=True):
+            color = "crimson" if CLASS_NAMES[label] == "car" else "darkorange"
+            ax.fill(corners[:4, 0], corners[:4, 1], fc=color, ec=color, alpha=0.6, lw=1.0)
+            front = corners[[0, 3], :2].mean(0)  # the +dx face: the box's heading
+            ax.plot([corners[:4, 0].mean(), front[0]], [corners[:4, 1].mean(), front[1]], color=color, lw=1.0)
+    (x0, x1, _), (y0, y1, _) = config.xbound, config.ybound
+    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ls="--", ec="k", lw=0.8, label="BEV grid"))
+    ax.plot(0, 0, "k^", ms=6, label="lidar")
+    ax.set(xlim=(x0 - 8, x1 + 8), ylim=(y0 - 8, y1 + 8), aspect="equal", xlabel="x (m, right)", ylabel="y (m, forward)")
+    X, Y, _ = config.grid_size
+    ax.set_title(
+        title or f"points {list(points.shape)}, frustum footprints, BEV grid {X}×{Y} cells of {config.xbound[2]} m"
+    )
+    fig.legend(loc="outside lower center", ncols=4, fontsize=7)
+    return fig
+
+
+README_FIGURES = {"camera_mosaic.png": camera_mosaic, "bev_scene.png": bev_plot}
+
+
+def write_readme_figures(sample: dict, out_dir: str | Path, dpi: int = 80) -> list[Path]:
+    """Save the README's pictures of ``sample`` (``README_FIGURES``) as PNG under ``out_dir``; returns the paths.
+
+    The README's copies under ``docs/`` are ``write_readme_figures(make_sample("synthetic"), "docs")``. PNG
+    metadata carries no version string, so the same sample gives the same bytes.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, draw in README_FIGURES.items():
+        path = out_dir / name
+        draw(sample).savefig(path, dpi=dpi, metadata={"Software": None})
+        paths.append(path)
+    return paths
