@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import urllib.request
 import xml.etree.ElementTree as ET
@@ -172,15 +173,25 @@ def test_tensor_shapes_cover_every_tensor(tiny):
     assert shapes["depthnet.weight"] == graphs.TensorInfo("depthnet.weight", "float32", (8, 12, 1, 1))
 
 
-def test_describe_prints_io_ops_and_tree(tiny, tiny_file):
+def test_boundary_table_lists_the_tensors_between_parts(tiny):
+    rows = graphs.boundary_table(tiny[1]).rows
+    assert [row[:2] for row in rows] == [
+        ["input", "ResNet50"], ["ResNet50", "GeneralizedLSSFPN"], ["input", "dtransform"], ["dtransform", "depthnet"],
+        ["GeneralizedLSSFPN", "depthnet"], ["depthnet", "Slice/Softmax/Transpose"],
+        ["Slice/Softmax/Transpose", "output"], ["Slice/Softmax/Transpose", "output"],
+    ]  # fmt: skip
+    assert rows[4][2:] == ["/neck/neck.1/Relu_output_0", "[2, 8, 8, 16]"]
+
+
+def test_describe_prints_summary_io_ops_and_tree(tiny, tiny_file):
     text = graphs.describe(tiny_file)
     params = sum(p.numel() for p in tiny[0].parameters())
-    assert text.splitlines()[0].startswith(f"tiny.onnx: opset 13, {len(tiny[1].graph.node)} nodes, {params} parameters")
-    assert "  img                      float32  [1, 2, 3, 16, 32]" in text
-    assert "  camera_depth_weights     float32  [2, 5, 8, 16]" in text
-    assert "  Conv                         4" in text
+    assert re.search(rf"\nnodes\s+{len(tiny[1].graph.node)}\nparameters\s+{params}\n", text)
+    assert re.search(r"\ntiny\.onnx\s+input\s+img\s+float32\s+\[1, 2, 3, 16, 32\]\n", text)
+    assert re.search(r"\ntiny\.onnx\s+output\s+camera_depth_weights\s+float32\s+\[2, 5, 8, 16\]\n", text)
+    assert re.search(r"\nConv\s+4\n", text)
     assert "Q/DQ: none" in text
-    assert "modules: ResNet50 (4 nodes) → GeneralizedLSSFPN (2) → dtransform (4) → depthnet (2)" in text
+    assert "\nmodules: ResNet50 (4 nodes) → GeneralizedLSSFPN (2) → dtransform (4) → depthnet (2)" in text
 
 
 def test_load_rejects_missing_and_non_onnx_files(tmp_path):
@@ -231,7 +242,7 @@ def test_draw_a_module_and_reject_an_unknown_one(tiny):
 
 def test_qdq_table_scales_axes_and_kinds(quantized):
     module, _, int8 = quantized
-    rows = graphs.qdq_table(int8)
+    rows = graphs.qdq_pairs(int8)
     assert [(r.quantizer, r.kind, r.axis) for r in rows] == [
         ("conv1/_input_quantizer", "activation", None),
         ("conv1/_weight_quantizer", "weight", 0),
@@ -244,7 +255,7 @@ def test_qdq_table_scales_axes_and_kinds(quantized):
         np.testing.assert_allclose(row.scales, q.amax.detach().reshape(-1).numpy() / 127, rtol=1e-6)
     assert [len(r.scales) for r in rows] == [1, 8, 1, 4]
     assert {r.consumers for r in rows} == {("Conv",)} and {r.zero_point for r in rows} == {"int8"}
-    assert graphs.qdq_table(quantized[1]) == []
+    assert graphs.qdq_pairs(quantized[1]) == []
 
 
 def test_diff_float_to_int8_finds_the_qdq_pairs_and_nothing_else(quantized):
@@ -258,6 +269,21 @@ def test_diff_float_to_int8_finds_the_qdq_pairs_and_nothing_else(quantized):
     }  # fmt: skip
     assert d.parameters[1] - d.parameters[0] == 1 + 8 + 1 + 4  # the scales
     assert "Q/DQ pairs added" in str(d) and "other nodes rewired: none" in str(d)
+
+
+def test_tables_put_the_graphs_side_by_side(quantized):
+    _, float_graph, int8 = quantized
+    ops = graphs.op_table({"fp16": float_graph, "int8": int8})
+    assert ops.columns == ["op", "fp16", "int8"]
+    rows = {row[0]: row[1:] for row in ops.rows}
+    assert rows["Conv"] == ["2", "2"]
+    assert rows["QuantizeLinear"] == rows["DequantizeLinear"] == ["0", "4"]
+    summary = graphs.summary_table({"fp16": float_graph, "int8": int8})
+    assert summary.rows[1] == ["nodes", str(len(float_graph.graph.node)), str(len(int8.graph.node))]
+    assert graphs.qdq_summary(int8).rows == [["conv1", "1", "1"], ["conv2", "1", "1"], ["all", "2", "2"]]
+    assert [row[0] for row in graphs.qdq_table(int8, limit=3).rows] == [
+        "conv1/_input_quantizer", "conv1/_weight_quantizer", "conv2/_input_quantizer",
+    ]  # fmt: skip
 
 
 def test_diff_reports_a_changed_node(quantized):
@@ -385,8 +411,8 @@ def test_describe_both_files(name):
         VTRANSFORM_FILE: ["feat_in", "feat_out"],
     }[name]
     for tensor in io:
-        assert f"\n  {tensor:24s} float32" in text
-    assert "\noperators:\n  Conv " in text and "\nmodules: " in text
+        assert re.search(rf"\n{re.escape(name)}\s+(input|output)\s+{tensor}\s+float32\s+\[", text), tensor
+    assert re.search(r"\nConv\s+\d+\n", text) and "\nmodules: " in text
 
 
 @pytest.mark.slow
@@ -399,7 +425,7 @@ def test_drawings_of_both_files_name_their_parts(fp16):
 
 @pytest.mark.slow
 def test_int8_backbone_quantizes_every_conv_and_nothing_after_depthnet(fp16, int8):
-    rows = graphs.qdq_table(int8)
+    rows = graphs.qdq_pairs(int8)
     convs = graphs.op_counts(int8)["Conv"]
     weights = [r for r in rows if r.kind == "weight"]
     assert len(weights) == convs and {r.axis for r in weights} == {0}

@@ -3,13 +3,14 @@ every node came from, a drawing, a diff, and the graph in Netron.
 
 * ``summarize`` / ``op_counts`` / ``tensor_shapes``: inputs and outputs (names, dtypes, shapes), opset, node and
   parameter counts, the operator table, and the shape of every tensor (ONNX shape inference);
-* ``qdq_table``: one row per DequantizeLinear — which tensor is quantized, weight or activation, scale(s) and axis;
+* ``qdq_pairs``: one row per DequantizeLinear — which tensor is quantized, weight or activation, scale(s), axis;
 * ``module_tree`` / ``parts``: nodes grouped by the scope names the TorchScript exporter writes into node names
   (``/backbone/layer1/layer1.0/conv1/Conv``); for ``camera.backbone.onnx`` the parts read
   ResNet50 → GeneralizedLSSFPN → dtransform → depthnet → Slice/Softmax/Transpose;
 * ``draw``: a static SVG (own layered layout, no graphviz), one box per part or one per node, Q/DQ in orange;
 * ``diff``: fp16 against int8 — where the Q/DQ pairs went, and whatever else changed;
-* ``describe``: all of the above as text (``bevnb inspect FILE.onnx``);
+* tables for the notebook, one column per graph (``summary_table``, ``io_table``, ``op_table``), ``qdq_summary``,
+  ``qdq_table``, ``tree_text``; ``describe``: all of it as text (``bevnb inspect FILE.onnx``);
 * ``show_in_netron`` / ``stop_netron``: the file in Netron, inline in Jupyter; ``render_in_chromium`` drives a
   headless Chromium through that page and screenshots it.
 """
@@ -21,7 +22,9 @@ import logging
 import os
 import sys
 import time
+import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -29,6 +32,8 @@ from xml.sax.saxutils import escape
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from .tables import Table
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 PART_LABELS = {"backbone": "ResNet50", "neck": "GeneralizedLSSFPN"}  # bevnb's class names for the scopes
@@ -159,7 +164,7 @@ class QuantizedTensor:
         return f"{len(self.scales)}× {min(self.scales):.3g}…{max(self.scales):.3g}"
 
 
-def qdq_table(model: onnx.ModelProto) -> list[QuantizedTensor]:
+def qdq_pairs(model: onnx.ModelProto) -> list[QuantizedTensor]:
     """Every quantized tensor of the graph, in graph order (empty for a float graph)."""
     graph = model.graph
     producer = {out: node for node in graph.node for out in node.output}
@@ -344,7 +349,7 @@ def diff(a: onnx.ModelProto, b: onnx.ModelProto) -> GraphDiff:
     ca, cb = op_counts(a), op_counts(b)
     ops = {op: (ca.get(op, 0), cb.get(op, 0)) for op in dict.fromkeys([*cb, *ca]) if ca.get(op) != cb.get(op)}
     qdq: Counter = Counter()
-    for sign, rows in ((-1, qdq_table(a)), (1, qdq_table(b))):
+    for sign, rows in ((-1, qdq_pairs(a)), (1, qdq_pairs(b))):
         for row in rows:
             qdq[(row.part, f"{row.kind} → {'+'.join(row.consumers)}")] += sign
     part_order = list(dict.fromkeys(part for part, _ in qdq))  # graph order: b's rows come in node order
@@ -396,49 +401,66 @@ def describe(source: str | Path | onnx.ModelProto) -> str:
     """Everything ``bevnb inspect FILE.onnx`` prints: I/O, opset, node and parameter counts, the operator table,
     the Q/DQ summary and the module tree (two levels). ValueError on a missing or non-ONNX file."""
     model = load(source)
-    s = summarize(model)
-    name = Path(source).name if not isinstance(source, onnx.ModelProto) else (model.graph.name or "graph")
-    lines = [
-        f"{name}: opset {s.opset}, {s.nodes} nodes, {s.parameters:,} parameters ({s.parameter_bytes / 1e6:.1f} MB)",
-        "inputs:",
-        *(f"  {t.name:24s} {t.dtype:8s} {_shape(t.shape)}" for t in s.inputs),
-        "outputs:",
-        *(f"  {t.name:24s} {t.dtype:8s} {_shape(t.shape)}" for t in s.outputs),
-        "operators:",
-        *(f"  {op:24s} {n:5d}" for op, n in op_counts(model).items()),
-        format_qdq(qdq_table(model), limit=0),
-        "modules: " + chain(model),
-        format_tree(module_tree(model), depth=2),
+    name = (model.graph.name or "graph") if isinstance(source, onnx.ModelProto) else Path(source).name
+    graphs = {name: model}
+    sections = [summary_table(graphs), io_table(graphs), op_table(graphs)]
+    sections.append(qdq_summary(model) if qdq_pairs(model) else "Q/DQ: none (a float graph)")
+    sections.append(f"modules: {chain(model)}\n{tree_text(model)}")
+    return "\n\n".join(map(str, sections))
+
+
+def summary_table(models: Mapping[str, onnx.ModelProto]) -> Table:
+    """Opset, nodes, parameters and their size, one column per graph (``{"fp16": model, "int8": model}``)."""
+    found = {label: summarize(model) for label, model in models.items()}
+    rows = [
+        ("opset", *(s.opset for s in found.values())),
+        ("nodes", *(s.nodes for s in found.values())),
+        ("parameters", *(s.parameters for s in found.values())),
+        ("stored tensors (MB)", *(round(s.parameter_bytes / 1e6, 1) for s in found.values())),
     ]
-    return "\n".join(lines)
+    return Table(rows, ["", *found], "graph")
 
 
-def format_qdq(rows: list[QuantizedTensor], limit: int | None = None) -> str:
-    """The Q/DQ summary (per part: weights per channel, activations per tensor), then up to ``limit`` rows
-    (all when None)."""
-    if not rows:
-        return "Q/DQ: none (a float graph)"
-    by_part: dict[str, Counter] = {}
-    for row in rows:
-        by_part.setdefault(row.part, Counter())[row.kind] += 1
-    lines = [f"Q/DQ: {len(rows)} quantized tensors ({sum(r.kind == 'weight' for r in rows)} weights)"]
-    lines += [f"  {part:24s} {c['weight']:4d} weights {c['activation']:4d} activations" for part, c in by_part.items()]
-    shown = rows if limit is None else rows[:limit]
-    if shown:
-        width = min(60, max(len(r.quantizer) for r in shown))
-        lines.append(f"  {'quantizer':{width}s} {'kind':10s} {'axis':>4s}  {'scale':22s} read by")
-        for r in shown:
-            name = r.quantizer if len(r.quantizer) <= width else "…" + r.quantizer[1 - width :]
-            axis = "-" if r.axis is None else str(r.axis)
-            lines.append(f"  {name:{width}s} {r.kind:10s} {axis:>4s}  {r.scale_text:22s} {'+'.join(r.consumers)}")
-        if len(shown) < len(rows):
-            lines.append(f"  … {len(rows) - len(shown)} more")
-    return "\n".join(lines)
+def io_table(models: Mapping[str, onnx.ModelProto]) -> Table:
+    """Every graph input and output: name, dtype, shape."""
+    rows = []
+    for label, model in models.items():
+        s = summarize(model)
+        rows += [(label, "input", t.name, t.dtype, t.shape) for t in s.inputs]
+        rows += [(label, "output", t.name, t.dtype, t.shape) for t in s.outputs]
+    return Table(rows, ["graph", "", "tensor", "dtype", "shape"], "inputs and outputs")
 
 
-def format_tree(tree: Module, depth: int = 2) -> str:
-    """The module tree, indented, ``depth`` levels below the root: name, nodes, top ops, Q/DQ and Constant nodes.
-    A module's own nodes (those in no child) get their own line, so every level adds up."""
+def op_table(models: Mapping[str, onnx.ModelProto]) -> Table:
+    """Nodes per op type, one column per graph, ops in order of their count in the first graph."""
+    counts = {label: op_counts(model) for label, model in models.items()}
+    ops = dict.fromkeys(op for found in counts.values() for op in found)
+    rows = [(op, *(found.get(op, 0) for found in counts.values())) for op in ops]
+    return Table(rows, ["op", *counts], "operators (nodes per op type)")
+
+
+def qdq_summary(model: onnx.ModelProto) -> Table:
+    """Quantized tensors per part: weights (per channel) and activations (per tensor)."""
+    found: dict[str, Counter] = {}
+    for row in qdq_pairs(model):
+        found.setdefault(row.part, Counter())[row.kind] += 1
+    rows = [(part, c["weight"], c["activation"]) for part, c in found.items()]
+    rows.append(("all", sum(r[1] for r in rows), sum(r[2] for r in rows)))
+    return Table(rows, ["part", "weights", "activations"], "Q/DQ pairs: quantized tensors per part")
+
+
+def qdq_table(model: onnx.ModelProto, limit: int | None = None) -> Table:
+    """The first ``limit`` (all by default) Q/DQ pairs: quantizer, part, kind, axis, scale(s), what reads them."""
+    rows = [
+        (r.quantizer, r.part, r.kind, "-" if r.axis is None else r.axis, r.scale_text, "+".join(r.consumers))
+        for r in qdq_pairs(model)[:limit]
+    ]
+    return Table(rows, ["quantizer", "part", "kind", "axis", "scale", "read by"], "Q/DQ pairs")
+
+
+def tree_text(model: onnx.ModelProto, depth: int = 2) -> str:
+    """The module tree, indented ``depth`` levels: name, nodes, top ops, Q/DQ and Constant nodes. A module's own
+    nodes (those in no child) get their own line, so every level adds up."""
     lines = []
 
     def line(indent: int, name: str, ops: Counter) -> None:
@@ -456,7 +478,7 @@ def format_tree(tree: Module, depth: int = 2) -> str:
             for child in module.children.values():
                 walk(child, level + 1)
 
-    for part in tree.children.values():
+    for part in module_tree(model).children.values():
         walk(part, 1)
     return "\n".join(lines)
 
@@ -472,6 +494,10 @@ class Svg:
 
     def _repr_svg_(self) -> str:
         return self.text
+
+    def __repr__(self) -> str:
+        root = ET.fromstring(self.text)
+        return f"<Svg {root.get('width')}×{root.get('height')} px, {self.text.count('<rect')} boxes>"
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -537,16 +563,13 @@ def _draw_modules(
     """One box per module ``depth`` levels deep (a node directly in a shallower module gets its own box), one edge
     per pair of boxes, labelled with up to three shapes of the tensors it carries."""
     labels = _part_labels(model, paths)
+    groups = [path[:depth] if len(path) >= depth else (*path, f"#{i}") for i, path in enumerate(paths)]
     members: dict[tuple[str, ...], list[onnx.NodeProto]] = {}
-    group_of: dict[str, object] = {v.name: v.name for v in _graph_inputs(model)}
-    for i, (node, path) in enumerate(zip(model.graph.node, paths, strict=True)):
-        group = path[:depth] if len(path) >= depth else (*path, f"#{i}")
+    for node, group in zip(model.graph.node, groups, strict=True):
         members.setdefault(group, []).append(node)
-        group_of.update((out, group) for out in node.output)
-    stored = _stored_tensors(model)
     boxes: dict[object, _Box] = {}
     for v in _graph_inputs(model):
-        boxes[v.name] = _Box([v.name, _shape(shapes[v.name].shape)], "io", "graph input")
+        boxes[("in", v.name)] = _Box([v.name, _shape(shapes[v.name].shape)], "io", "graph input")
     for group, nodes in members.items():
         ops = Counter(n.op_type for n in nodes)
         own_box = group[-1].startswith("#")
@@ -560,20 +583,44 @@ def _draw_modules(
         if qdq:
             lines.append(f"+ {qdq} Q/DQ" + (f", {ops['Constant']} Constant" if ops["Constant"] else ""))
         boxes[group] = _Box(lines, "quantized" if qdq else "part", f"{scope}: {len(nodes)} nodes")
-    edges: dict[tuple, list[str]] = {}
-    for group, nodes in members.items():
-        for tensor in (t for node in nodes for t in node.input):
-            src = group_of.get(tensor)
-            if src is None or src == group or tensor in stored:  # weights and scales are not edges
-                continue
-            label = edges.setdefault((src, group), [])
-            shape = _shape(shapes[tensor].shape) if tensor in shapes else "?"
-            if src in boxes and boxes[src].style != "io" and shape not in label and len(label) < 3:
-                label.append(shape)
     for v in model.graph.output:
         boxes[("out", v.name)] = _Box([v.name, _shape(shapes[v.name].shape)], "io", "graph output")
-        edges[(group_of[v.name], ("out", v.name))] = []
+    edges: dict[tuple, list[str]] = {}
+    for src, dst, tensor in _crossings(model, groups):
+        label = edges.setdefault((src, dst), [])
+        shape = _shape(shapes[tensor].shape) if tensor in shapes else "?"
+        if src[0] != "in" and dst[0] != "out" and shape not in label and len(label) < 3:
+            label.append(shape)  # I/O boxes show their shapes themselves
     return _layout(boxes, edges)
+
+
+def _crossings(model: onnx.ModelProto, groups: list[tuple[str, ...]]) -> list[tuple[tuple, tuple, str]]:
+    """``(source, destination, tensor)`` for every tensor that leaves its node's group (``groups[i]`` is node i's):
+    graph inputs come from ``("in", name)``, graph outputs go to ``("out", name)``; weights and scales (initializers,
+    Constant nodes) are not edges."""
+    stored = _stored_tensors(model)
+    source = {v.name: ("in", v.name) for v in _graph_inputs(model)}
+    for node, group in zip(model.graph.node, groups, strict=True):
+        source.update((out, group) for out in node.output)
+    found = []
+    for node, group in zip(model.graph.node, groups, strict=True):
+        for tensor in node.input:
+            if tensor in source and tensor not in stored and source[tensor] != group:
+                found.append((source[tensor], group, tensor))
+    found += [(source[v.name], ("out", v.name), v.name) for v in model.graph.output]
+    return found
+
+
+def boundary_table(model: onnx.ModelProto) -> Table:
+    """The tensors that cross from one part to another, with their shapes: the borders in upstream's screenshots."""
+    paths = _tree_paths(model)
+    labels = _part_labels(model, paths)
+    shapes = tensor_shapes(model)
+    rows = {}
+    for src, dst, tensor in _crossings(model, [path[:1] for path in paths]):
+        ends = [{"in": "input", "out": "output"}.get(end[0], labels.get(end[0])) for end in (src, dst)]
+        rows[tensor] = (*ends, tensor, shapes[tensor].shape)
+    return Table(rows.values(), ["from", "to", "tensor", "shape"], "tensors between the parts")
 
 
 def _draw_nodes(model: onnx.ModelProto, selected: list[int], shapes: dict[str, TensorInfo]) -> Svg:
