@@ -29,6 +29,10 @@ class SubclassCameraModule(nn.Module):
         self.backbone = model.backbone
         self.neck = model.neck
         self.vtransform = model.vtransform
+        # A new nn.Module starts in training mode, and torch.onnx.export restores the *wrapper's* mode after it
+        # exports, recursively: a wrapper left in training mode would silently flip the model's BatchNorms to
+        # batch statistics. The wrapper takes the model's mode instead.
+        self.train(model.training)
 
     def forward(self, img: Tensor, depth: Tensor) -> tuple[Tensor, Tensor]:
         B, N, _, H, W = (int(s) for s in img.shape)
