@@ -677,9 +677,10 @@ def _attr_text(node: onnx.NodeProto, stored: dict[str, onnx.TensorProto]) -> str
 
 
 def _layout(boxes: dict[object, _Box], edges: dict[tuple, list[str]]) -> Svg:
-    """A layered (Sugiyama-style) layout: rank = longest path from a source, long edges get virtual points,
-    a few barycentre sweeps order each rank, then x is pulled towards the neighbours' mean. ``boxes`` must be in
-    topological order (ONNX node order is)."""
+    """A layered (Sugiyama-style) layout, top to bottom: rank = longest path from a source, then every box but the
+    graph inputs moved down next to its successors (side branches such as weight Q/DQ sit by their conv); long edges
+    get virtual points; barycentre sweeps order each rank and pull x towards the neighbours' mean. ``boxes`` must be
+    in topological order (ONNX node order is)."""
     keys = list(boxes)
     preds: dict[object, list] = {k: [] for k in keys}
     for src, dst in edges:
