@@ -1,8 +1,9 @@
 """Figures for the chapters and the README: a flat module of functions that each return a matplotlib Figure.
 
 Shapes go in titles, units on axes. Nothing here computes what a chapter teaches; it only draws what the package
-computed. Figures are built with ``matplotlib.figure.Figure`` (not pyplot), so a notebook shows a returned figure
-once and nothing accumulates in pyplot's registry. Chapters append their figure functions at the end.
+computed. Figures are built with ``matplotlib.figure.Figure``, not pyplot, so nothing accumulates in pyplot's
+registry and a notebook shows a returned figure exactly once (after ``%matplotlib inline``, which registers
+IPython's PNG formatter for Figure). Chapters append their figure functions at the end.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from matplotlib.patches import Rectangle
 
 from .config import R50, CameraConfig
 from .data import denormalize_image
-from .geometry import create_frustum, get_geometry
+from .geometry import BevPoolPlan, create_frustum, get_geometry
 from .scene import CLASS_NAMES, box_corners, load_rig
 
 # nuScenes' usual picture: front cameras on top, back cameras below, each row left to right as seen from the car
@@ -136,3 +137,79 @@ def write_readme_figures(sample: dict, out_dir: str | Path, dpi: int = 80) -> li
         draw(sample).savefig(path, dpi=dpi, metadata={"Software": None})
         paths.append(path)
     return paths
+
+
+# --- chapter 06: the bev_pool plan and its benchmark ------------------------------------------------------------------
+
+
+def plan_cells_per_camera(plan: BevPoolPlan, config: CameraConfig = R50) -> Figure:
+    """Where each camera's kept frustum points land: points per BEV cell (log colour, white = none), one panel per
+    camera in the mosaic layout. Axes as ``bev_plot`` (x right, y forward); the tensor's rows are x, columns y."""
+    counts = plan.cell_counts().sum(1)  # [N, X, Y]: the Z slices summed
+    names = load_rig().camera_names
+    (x0, x1, _), (y0, y1, _) = config.xbound, config.ybound
+    fig = Figure(figsize=(13.0, 9.0), layout="constrained")
+    axes = fig.subplots(2, 3, sharex=True, sharey=True)
+    vmax = max(2, int(counts.max()))
+    for ax, name in zip(axes.flat, (n for row in MOSAIC_LAYOUT for n in row), strict=True):
+        n = names.index(name)
+        cells = counts[n].T.float()  # [Y, X]: image rows y (up, with origin="lower"), columns x
+        shown = ax.imshow(
+            cells.masked_fill(cells == 0, float("nan")),
+            origin="lower",
+            extent=(x0, x1, y0, y1),
+            norm="log",
+            vmin=1,
+            vmax=vmax,
+            cmap="viridis",
+            interpolation="nearest",
+        )
+        ax.set_title(f"{n}: {name}, {int((counts[n] > 0).sum()):,} cells, {int(counts[n].sum()):,} points", fontsize=9)
+        ax.set(aspect="equal")
+    for ax in axes[-1]:
+        ax.set_xlabel("x (m, right)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("y (m, forward)")
+    fig.colorbar(shown, ax=axes, shrink=0.8, label="kept frustum points per cell")
+    X, Y, Z = plan.grid_size
+    fig.suptitle(f"bev_pool plan: {plan.num_points:,} points into {plan.num_intervals:,} of {X}×{Y}×{Z} cells")
+    return fig
+
+
+def interval_length_histogram(plan: BevPoolPlan) -> Figure:
+    """How many points each BEV cell sums (the interval lengths), log-log: the work per cell is very uneven."""
+    lengths = plan.interval_lengths.cpu().float()
+    fig = Figure(figsize=(8.0, 4.0), layout="constrained")
+    ax = fig.subplots()
+    top = max(2.0, float(lengths.max())) if lengths.numel() else 2.0
+    ax.hist(lengths.numpy(), bins=((top * 1.05) ** (torch.arange(41) / 40)).numpy(), color="C0")  # log-spaced
+    if lengths.numel():
+        mean = float(lengths.mean())
+        ax.axvline(mean, color="C1", ls="--", label=f"mean {mean:.1f} points")
+        ax.axvline(top, color="C3", ls=":", label=f"longest {top:.0f} points")
+        ax.legend()
+    ax.set(xscale="log", yscale="log", xlabel="points in the cell (interval length)", ylabel="cells")
+    ax.set_title(f"interval lengths [{plan.num_intervals:,}]: {plan.num_points:,} points in total")
+    return fig
+
+
+def bev_pool_scaling(results: list[dict]) -> Figure:
+    """Time against the number of points for each backend (log-log), from ``bevnb.bevpool.bench`` results; one
+    line style per device when several results are given."""
+    fig = Figure(figsize=(8.0, 4.8), layout="constrained")
+    ax = fig.subplots()
+    styles = ("-", "--", ":", "-.")
+    for result, style in zip(results, styles, strict=False):
+        rows = [r for r in result["scaling"] if "us" in r]
+        for i, backend in enumerate(dict.fromkeys(r["backend"] for r in result["scaling"])):
+            mine = sorted((r["points"], r["us"]) for r in rows if r["backend"] == backend)
+            if mine:
+                points, us = zip(*mine, strict=True)
+                label = f"{backend}, {result['device']['name']}" if len(results) > 1 else backend
+                ax.plot(points, us, style, marker="o", color=f"C{i}", label=label)
+    ax.set(xscale="log", yscale="log", xlabel="kept frustum points pooled", ylabel="time per call (µs)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    names = ", ".join(f"{r['device']['name']} (Triton {r['device']['triton']})" for r in results)
+    ax.set_title(f"bev_pool time against points, C = 80 — {names}", fontsize=9)
+    return fig
