@@ -96,16 +96,21 @@ def _rig_for(config: CameraConfig) -> Rig:
 
 def normalize_image(rgb: Tensor) -> Tensor:
     """RGB in [0, 1], ``[..., 3, H, W]`` → ImageNet-normalised (upstream ``ImageNormalize``)."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=rgb.dtype).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=rgb.dtype).view(3, 1, 1)
+    mean, std = _mean_std(rgb.dtype)
     return (rgb - mean) / std
 
 
 def denormalize_image(img: Tensor) -> Tensor:
     """Inverse of ``normalize_image``, clamped to [0, 1]: what to show."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=img.dtype).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=img.dtype).view(3, 1, 1)
+    mean, std = _mean_std(img.dtype)
     return (img * std + mean).clamp(0.0, 1.0)
+
+
+def _mean_std(dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    return (
+        torch.tensor(IMAGENET_MEAN, dtype=dtype).view(3, 1, 1),
+        torch.tensor(IMAGENET_STD, dtype=dtype).view(3, 1, 1),
+    )
 
 
 def depth_map(sample: dict, config: CameraConfig = R50) -> Tensor:
@@ -147,9 +152,9 @@ def check_calibration(sample: dict, config: CameraConfig = R50) -> None:
 
     m = {k: sample[k].detach().double().cpu() for k in _CAMERA_MATRICES + _SAMPLE_MATRICES}
     K = m["camera_intrinsics"][..., :3, :3]
-    focal = torch.stack((K[..., 0, 0], K[..., 1, 1]), -1)
-    if (focal <= 0).any() or (torch.linalg.det(K).abs() < 1e-6).any():
-        b, n = torch.nonzero((focal <= 0).any(-1) | (torch.linalg.det(K).abs() < 1e-6))[0].tolist()
+    bad = (K[..., 0, 0] <= 0) | (K[..., 1, 1] <= 0) | (torch.linalg.det(K).abs() < 1e-6)
+    if bad.any():
+        b, n = torch.nonzero(bad)[0].tolist()
         raise ValueError(
             f"camera_intrinsics[{b}, {n}] is singular or has a non-positive focal length: {K[b, n].tolist()}"
         )

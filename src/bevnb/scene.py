@@ -235,7 +235,7 @@ def box_corners(boxes: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Ray casting: one vectorised pass per camera (and one for the lidar) against ground, facades and boxes
+# Ray casting: one vectorised pass for all camera pixels (and one for the lidar) against ground, facades, boxes
 
 SKY, GROUND, FACADE, BOX = 0, 1, 2, 3
 
@@ -347,7 +347,7 @@ def _albedo(hits: Hits, scene: Scene) -> Tensor:
     on = hits.kind == FACADE
     rgb[on] = _facade_albedo(hits.point[on, 0], hits.point[on, 1], hits.height[on], table)
     on = hits.kind == BOX
-    rgb[on] = _box_albedo(hits.box[on], hits.height[on], scene)
+    rgb[on] = _box_albedo(hits.box[on], hits.point[on, 2], scene)
     return rgb
 
 
@@ -371,9 +371,9 @@ def _facade_albedo(x: Tensor, y: Tensor, height: Tensor, table: Tensor) -> Tenso
     return torch.where(window[:, None], torch.tensor([0.18, 0.22, 0.28]), _FACADE_COLORS[palette])
 
 
-def _box_albedo(box: Tensor, height: Tensor, scene: Scene) -> Tensor:
+def _box_albedo(box: Tensor, z: Tensor, scene: Scene) -> Tensor:
     """Body colour; cars get dark windows on their upper 40 %, pedestrians dark legs and a skin-coloured head."""
-    frac = height / scene.boxes[box, 5]  # 0 at the bottom, 1 at the top
+    frac = (z - scene.boxes[box, 2]) / scene.boxes[box, 5]  # 0 at the bottom of the box, 1 at its top
     color = scene.colors[box]
     car = torch.where((frac > 0.6)[:, None], torch.tensor([0.12, 0.15, 0.19]), color)
     person = torch.where((frac < 0.47)[:, None], torch.tensor([0.16, 0.16, 0.22]), color)
