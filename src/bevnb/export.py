@@ -18,8 +18,12 @@ data-dependent value in ``torch.export``). ``dynamo_export_error`` shows the fai
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
+import logging
 import os
+import re
 import tempfile
 import time
 import warnings
@@ -33,7 +37,8 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from .model import CameraBranch
+from .model import CameraBranch, build_camera_model
+from .paths import build_dir
 from .subclass import SubclassCameraModule
 
 BACKBONE_FILE = "camera.backbone.onnx"
@@ -43,6 +48,7 @@ VTRANSFORM_IO = (("feat_in",), ("feat_out",))
 OPSET = 13  # the first opset with per-channel (axis) QuantizeLinear/DequantizeLinear
 PRECISIONS = ("fp16", "int8")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+MANIFEST = "export.json"  # what the files in a folder were exported from
 
 
 class ExportError(RuntimeError):
@@ -111,7 +117,43 @@ def export_camera(
             if verbose:
                 size_mb = written[name].size_bytes / 1e6
                 print(f" {seconds:.1f} s, {size_mb:.1f} MB, {len(graph.graph.node)} nodes", flush=True)
+    manifest = {"precision": precision, "state": state_digest(model), "files": sorted(written)}
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return written
+
+
+def ensure_exported(precision: str = "fp16", seed: int = 0, verbose: bool = True) -> Path:
+    """``build/onnx/<precision>`` holding both graphs of ``build_camera_model(seed)``, exported only when the folder
+    does not already hold exactly those (its ``export.json`` records the precision and a digest of the weights and
+    amax). For int8 the model is calibrated with ``bevnb.quant``'s defaults, reusing a saved calibration.
+
+    Chapters 05 and 07 and the tests use it, so each can run on its own and none exports twice."""
+    from . import quant
+
+    model = build_camera_model(seed=seed)
+    if precision == "int8":
+        cached = quant.calibration_file(seed, quant.DEFAULT_CALIB_SAMPLES, "mse")
+        quant.prepare_int8(model, calibration=cached if cached.is_file() else None, progress=verbose)
+        if not cached.is_file():
+            quant.save_calibration(model, cached)
+    out_dir = build_dir("onnx", precision)
+    manifest = out_dir / MANIFEST
+    expected = {"precision": precision, "state": state_digest(model), "files": [BACKBONE_FILE, VTRANSFORM_FILE]}
+    fresh = manifest.is_file() and json.loads(manifest.read_text()) == expected
+    if not (fresh and all((out_dir / name).is_file() for name in expected["files"])):
+        export_camera(model, out_dir, precision, verbose=verbose)
+    elif verbose:
+        print(f"{out_dir}: up to date ({precision}, seed {seed})")
+    return out_dir
+
+
+def state_digest(model: nn.Module) -> str:
+    """SHA-1 of every tensor in ``state_dict`` (weights, buffers, quantizer amax), in order."""
+    digest = hashlib.sha1()
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def trace_to_onnx(
@@ -153,7 +195,25 @@ def simplify_graph(graph: onnx.ModelProto) -> onnx.ModelProto:
     after = quantized_tensors(simplified)
     if after != before:
         raise ExportError(f"onnxsim changed the quantized tensors {before} → {after}; the int8 graph would lose them")
-    return simplified
+    return constants_to_initializers(simplified)
+
+
+def constants_to_initializers(graph: onnx.ModelProto) -> onnx.ModelProto:
+    """Turn ``Constant`` nodes into initializers, in place. onnxsim leaves one Constant per Q/DQ scale and zero
+    point, shared by many nodes; as initializers they are drawn inside the Q/DQ boxes in Netron instead of as long
+    edges across the whole graph (which made the int8 backbone three times slower to render)."""
+    kept = []
+    for node in graph.graph.node:
+        if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            graph.graph.initializer.append(tensor)
+        else:
+            kept.append(node)
+    del graph.graph.node[:]
+    graph.graph.node.extend(kept)
+    return graph
 
 
 def quantized_tensors(graph: onnx.ModelProto) -> dict[str, int]:
@@ -184,13 +244,27 @@ def count_ops(graph: onnx.ModelProto, op_types: tuple[str, ...]) -> dict[str, in
 def dynamo_export_error(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> str | None:
     """Try the default (dynamo) exporter of torch ≥ 2.9 on ``module``; return the first line of its error, or None
     if it exported. Used by the notebooks to show why bevnb passes ``dynamo=False``."""
+    onnx_logger = logging.getLogger("torch.onnx")
+    level = onnx_logger.level
+    onnx_logger.setLevel(logging.ERROR)  # it warns about every torchvision op it cannot find
     try:
         with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             torch.onnx.export(module, inputs, io.BytesIO(), dynamo=True)
-    except Exception as exc:  # the point is to show whatever it raises
-        lines = [line for line in str(exc).splitlines() if line.strip()]
-        return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    except Exception as exc:  # the point is to show whatever it raises: the outer error and its root cause
+        root = exc
+        while root.__cause__ is not None:
+            root = root.__cause__
+        text = f"{type(exc).__name__}: {_first_line(exc)}"
+        return text if root is exc else f"{text} ← caused by {type(root).__name__}: {_first_line(root)}"
+    finally:
+        onnx_logger.setLevel(level)
     return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch colours its messages
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else ""
 
 
 @contextlib.contextmanager
@@ -232,6 +306,9 @@ def _save_atomically(graph: onnx.ModelProto, path: Path) -> Path:
     os.close(fd)
     try:
         onnx.save(graph, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved graph should be readable like any new file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -142,5 +142,5 @@ def graph_parity(model: CameraBranch, onnx_dir: str | Path, samples: dict[str, d
         ort_outputs["feat_out"] = vtransform(stages["bev"])[0]
         for output, reference in torch_outputs.items():
             m = compare(reference, ort_outputs[output])
-            rows.append((name, output, list(reference.shape), m["max_abs"], m["rel"], m["cosine"]))
+            rows.append((name, output, list(reference.shape), m["max_abs"], m["rel"], f"{m['cosine']:.9f}"))
     return Table(rows, ("sample", "output", "shape", "max abs err", "rel err", "cosine"), "ONNX Runtime vs PyTorch")

@@ -21,7 +21,8 @@ class SubclassCameraModule(nn.Module):
     exported graph is a constant.
 
     The backbone, neck and vtransform are registered directly (not under ``model.``), so the exporter's scope names
-    read ``/backbone/layer1/…``, ``/neck/…``, ``/vtransform/dtransform/…``, ``/vtransform/depthnet/…``.
+    read ``/backbone/layer1/…``, ``/neck/…``, ``/dtransform/…``, ``/depthnet/…``: the vtransform itself is never
+    called, only its two sub-networks, so it adds no scope level.
     """
 
     def __init__(self, model: CameraBranch) -> None:

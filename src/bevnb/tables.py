@@ -68,3 +68,25 @@ def shape_table(tensors: Mapping[str, torch.Tensor], title: str = "") -> Table:
         for name, t in tensors.items()
     ]
     return Table(rows, ("tensor", "shape", "dtype", "MB"), title)
+
+
+class CodeColumns:
+    """Source code of several objects side by side (HTML in Jupyter, one after another as text)."""
+
+    def __init__(self, **objects: object) -> None:
+        import inspect
+
+        self.sources = {title: inspect.getsource(obj) for title, obj in objects.items()}
+
+    def __str__(self) -> str:
+        return "\n\n".join(f"# --- {title}\n{code}" for title, code in self.sources.items())
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        cells = "".join(
+            f'<td style="vertical-align:top;text-align:left"><b>{html.escape(title)}</b>'
+            f'<pre style="font-size:11px">{html.escape(code)}</pre></td>'
+            for title, code in self.sources.items()
+        )
+        return f"<table><tr>{cells}</tr></table>"
