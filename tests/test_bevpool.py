@@ -237,3 +237,13 @@ def test_benchmark_rejects_unknown_names():
         bench.run_benchmark(backends=("cuda",))
     with pytest.raises(ValueError, match="dtypes must be among"):
         bench.run_benchmark(dtypes=("bfloat16",))
+
+
+def test_compare_backends_reports_bit_identical_kernels():
+    plan = plan_from_geometry(torch.rand(2, 3, 2, 4, 3) * 4, unit_grid(4, 4, 1, 8))
+    depth, feat = inputs(2, 3, 2, 4, 8, torch.float16)
+    table = bench.compare_backends(depth, feat, plan)
+    assert [row[0] for row in table.rows] == ["naive", "triton-interval", "triton-atomic"]
+    assert all(row[2] == "torch.float16" and row[3] == f"{plan.num_points:,}" for row in table.rows)
+    if INTERPRETED:
+        assert all(row[-2] == "0" and row[-1] == "True" for row in table.rows)

@@ -202,6 +202,15 @@ def test_select_intervals_keeps_whole_cells(rig_plan):
     assert all(torch.equal(getattr(whole, k), getattr(rig_plan, k)) for k in ("ranks_depth", "ranks_feat", "ranks_bev"))
 
 
+def test_cell_counts_per_camera(rig_plan):
+    counts = rig_plan.cell_counts()
+    assert counts.shape == (6, 1, 360, 360)
+    assert int(counts.sum()) == rig_plan.num_points
+    assert int((counts.sum(0) > 0).sum()) == rig_plan.num_intervals
+    per_camera = torch.bincount(rig_plan.ranks_depth.long() // (118 * 32 * 88), minlength=6)
+    assert torch.equal(counts.sum((1, 2, 3)), per_camera)
+
+
 def test_summary_counts(rig_plan):
     s = rig_plan.summary()
     assert s["candidate points"] == R50.frustum_points == 1_993_728

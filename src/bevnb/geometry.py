@@ -166,6 +166,16 @@ class BevPoolPlan:
             **{k: getattr(self, k) for k in _PLAN_META},
         )
 
+    def cell_counts(self) -> Tensor:
+        """Kept points per camera and cell, ``[N, Z, X, Y]`` int64 (what the plan pictures of chapter 06 draw)."""
+        X, Y, Z = self.grid_size
+        fH, fW = self.feature_size
+        camera = self.ranks_depth.long() // (self.depth_bins * fH * fW)
+        rank = self.ranks_bev.long()
+        cell = (rank // (self.channels * X * Y)) * (X * Y) + rank % (self.channels * X * Y)  # z·X·Y + x·Y + y
+        counts = torch.bincount(camera * (Z * X * Y) + cell, minlength=self.num_cameras * Z * X * Y)
+        return counts.view(self.num_cameras, Z, X, Y)
+
     def summary(self) -> dict[str, float]:
         """Counts a reader wants to see: candidates, kept points, cells hit, interval lengths."""
         lengths = self.interval_lengths.float()

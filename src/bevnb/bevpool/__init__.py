@@ -60,7 +60,8 @@ def check_inputs(depth: Tensor, feat: Tensor, plan: BevPoolPlan) -> None:
 def bev_pool(depth: Tensor, feat: Tensor, plan: BevPoolPlan, backend: str = "auto") -> Tensor:
     """Pool into BEV ``[1, Z·C, X, Y]`` with the chosen backend (see ``BACKENDS``).
 
-    Every backend accumulates in fp32 and returns the input dtype (fp16 in, fp16 out, like CUDA-BEVFusion).
+    Every backend accumulates in fp32 and returns the input dtype (fp16 in, fp16 out, like CUDA-BEVFusion). A plan
+    on another device is copied to the inputs' device on every call: on a GPU, move it once with ``plan.to("cuda")``.
     """
     check_inputs(depth, feat, plan)
     backend = resolve_backend(backend, feat.device)

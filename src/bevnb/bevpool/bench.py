@@ -12,13 +12,14 @@ How each number is taken:
 
 * time: GPU, ``triton.testing.do_bench`` (median, L2 flushed before each call: a cold-cache number); CPU, the
   fastest of ``repeat`` wall-clock calls, the estimate least disturbed by other processes on a shared machine (one
-  call for the naive path and the Triton interpreter, which are slow); the 1-minute load average is recorded;
+  call for the naive path and the Triton interpreter, which are slow), with the process's CPU time of that call
+  (steadier than wall time when other processes share the cores) and the 1-minute load average;
 * bytes moved: what the kernel must read and write at least (``bytes_moved``), the same count for every backend,
   so effective GB/s compares like with like;
 * copy bandwidth: ``dst.copy_(src)`` of 256 MiB on the same device, read + write bytes over time;
 * peak extra memory: GPU, ``torch.cuda.max_memory_allocated`` above the pre-call level; CPU, the process's
-  resident-set high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) above the pre-call RSS. Both
-  exclude the output tensor itself.
+  resident-set high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) above the pre-call RSS, which
+  counts zero-filled pages only once they are touched. Both exclude the output tensor itself.
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ from torch import Tensor
 
 from ..environment import device as default_device
 from ..geometry import BevPoolPlan, plan_bev_pool
+from ..metrics import compare
 from ..paths import REPO_ROOT
 from ..tables import Table
 from . import BACKENDS, bev_pool
 
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 CONCRETE_BACKENDS = tuple(b for b in BACKENDS if b not in ("auto", "triton"))
+TRITON_BACKENDS = ("triton-interval", "triton-atomic")
 DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16}
 SCALING_STRIDES = (256, 64, 16, 4, 1)  # every k-th BEV cell of the plan: from ~0.4 % of the points to all of them
 # The interpreter runs one program instance at a time; above these sizes a backend is skipped on the CPU.
@@ -105,9 +108,9 @@ def _rss_kib() -> tuple[int, int]:
     return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
-def call_measured(fn: Callable[[], Tensor], device: torch.device) -> tuple[Tensor, float, int | None]:
-    """Call ``fn()`` once: its output, its wall time in µs, and the peak memory it needed on top of what was allocated
-    before and of its own output (None where that cannot be read)."""
+def call_measured(fn: Callable[[], Tensor], device: torch.device) -> tuple[Tensor, float, float, int | None]:
+    """Call ``fn()`` once: its output, its wall time and this process's CPU time in µs, and the peak memory it needed
+    on top of what was allocated before and of its own output (None where that cannot be read)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -119,16 +122,16 @@ def call_measured(fn: Callable[[], Tensor], device: torch.device) -> tuple[Tenso
             before = 1024 * _rss_kib()[0]
         except OSError:
             before = None
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     out = fn()
     _sync(device)
-    us = 1e6 * (time.perf_counter() - start)
+    us, cpu_us = 1e6 * (time.perf_counter() - start), 1e6 * (time.process_time() - cpu)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
     else:
         peak = None if before is None else 1024 * _rss_kib()[1]
     extra = None if before is None else max(0, peak - before - out.numel() * out.element_size())
-    return out, us, extra
+    return out, us, cpu_us, extra
 
 
 def bytes_moved(plan: BevPoolPlan, dtype: torch.dtype) -> int:
@@ -178,22 +181,39 @@ def measure(
     if reason:
         return {**row, "skipped": reason}
     fn = lambda: bev_pool(depth, feat, plan, backend=backend)
-    out, first_us, extra = call_measured(fn, device)  # also the warm-up (compiles on a GPU) and the parity check
-    n = _repeat(backend, device, repeat)
+    out, wall, cpu, extra = call_measured(fn, device)  # also the warm-up (compiles on a GPU) and the parity check
     if device.type == "cuda":
-        us = time_call(fn, device, n)
-    else:
-        us = min(first_us, time_call(fn, device, n - 1)) if n > 1 else first_us
+        us, cpu_us = time_call(fn, device, repeat), None
+    else:  # the fastest call, with its CPU time: on a shared machine the CPU time is the steadier number
+        n = _repeat(backend, device, repeat)
+        us, cpu_us = min([(wall, cpu)] + [call_measured(fn, device)[1:3] for _ in range(n - 1)])
     nbytes = bytes_moved(plan, feat.dtype)
     return {
         **row,
         "us": us,
+        "cpu_us": cpu_us,
         "bytes_moved": nbytes,
         "gb_per_s": nbytes / us / 1e3,
         "fraction_of_copy": nbytes / us / 1e3 / copy_gbs,
         "peak_extra_mb": None if extra is None else extra / 1e6,
         "max_abs_err": (out.float() - reference.float()).abs().max().item() if out.numel() else 0.0,
     }
+
+
+def compare_backends(
+    depth: Tensor, feat: Tensor, plan: BevPoolPlan, backends: Sequence[str] = ("naive", *TRITON_BACKENDS)
+) -> Table:
+    """Each backend against the torch reference on the same inputs: output shape, wall time of one call, the errors
+    of ``bevnb.metrics.compare`` and whether the output is bit-identical."""
+    reference = bev_pool(depth, feat, plan, backend="torch")
+    rows = []
+    for backend in backends:
+        out, us, _, _ = call_measured(lambda b=backend: bev_pool(depth, feat, plan, backend=b), feat.device)
+        errors = compare(reference, out)
+        same = torch.equal(out, reference)
+        rows.append((backend, list(out.shape), str(out.dtype), plan.num_points, us / 1e6, errors["max_abs"], same))
+    columns = ("backend", "output", "dtype", "points", "seconds", "max |err| vs torch", "bit-identical")
+    return Table(rows, columns, f"parity with the torch reference on {feat.device}")
 
 
 def run_benchmark(
@@ -302,19 +322,27 @@ def _row_text(row: dict) -> str:
     return f"{head}  {row['us']:>12,.1f} µs  {row['gb_per_s']:8.2f} GB/s"
 
 
+def _us(us: float | None) -> object:
+    """µs for a table: whole numbers from 1 ms up, two decimals below, 'n/a' when not measured."""
+    if us is None:
+        return "n/a"
+    return round(us) if us >= 1000 else round(us, 2)
+
+
 def results_table(result: dict) -> Table:
     """The canonical-workload rows of a ``run_benchmark`` result."""
     rows = []
     for r in result["results"]:
         if "skipped" in r:
-            rows.append((r["backend"], r["dtype"], r["points"], *["—"] * 6, r["skipped"]))
+            rows.append((r["backend"], r["dtype"], r["points"], *["—"] * 7, r["skipped"]))
             continue
         peak = "n/a" if r["peak_extra_mb"] is None else r["peak_extra_mb"]
         frac = 100 * r["fraction_of_copy"]
-        cols = (r["us"], r["bytes_moved"] / 1e6, r["gb_per_s"], frac, peak, r["max_abs_err"], "")
+        cpu = r.get("cpu_us")
+        cols = (_us(r["us"]), _us(cpu), r["bytes_moved"] / 1e6, r["gb_per_s"], frac, peak, r["max_abs_err"], "")
         rows.append((r["backend"], r["dtype"], r["points"], *cols))
-    columns = ("backend", "dtype", "points", "µs", "MB moved", "GB/s", "% of copy", "peak extra MB", "max |err|")
-    columns += ("note",)
+    columns = ("backend", "dtype", "points", "µs", "CPU µs", "MB moved", "GB/s", "% of copy", "peak extra MB")
+    columns += ("max |err|", "note")
     dev = result["device"]
     title = f"bev_pool on {dev['name']} (Triton {dev['triton']}), copy bandwidth {result['copy_gb_per_s']:.1f} GB/s"
     return Table(rows, columns, title)
@@ -325,7 +353,7 @@ def scaling_table(result: dict) -> Table:
     backends = list(dict.fromkeys(r["backend"] for r in result["scaling"]))
     by_points: dict[int, dict[str, object]] = {}
     for r in result["scaling"]:
-        by_points.setdefault(r["points"], {})[r["backend"]] = r.get("us", "—")
+        by_points.setdefault(r["points"], {})[r["backend"]] = _us(r["us"]) if "us" in r else "—"
     rows = [(p, *(cells.get(b, "—") for b in backends)) for p, cells in sorted(by_points.items())]
     return Table(rows, ("points", *(f"{b} µs" for b in backends)), "bev_pool time against the number of points")
 
