@@ -42,6 +42,7 @@ SYNTHETIC_KEYS: dict[str, str] = {
     "gt_boxes": "boxes in the lidar frame: x, y, z (bottom centre), dx, dy, dz (m), yaw (rad)",
     "gt_labels": "nuScenes class index of each box (bevnb.scene.CLASS_NAMES)",
     "instance_map": "index of the box each pixel sees, -1 for none",
+    "camera_depth": "rendered camera-frame depth of the surface each pixel sees (m, inf for sky)",
 }
 
 _CAMERA_MATRICES = ("camera2ego", "lidar2camera", "lidar2image", "camera_intrinsics", "camera2lidar", "img_aug_matrix")
@@ -54,7 +55,8 @@ def make_sample(kind: str = "zeros", seed: int = 0, config: CameraConfig = R50) 
     ``img [1, N, 3, iH, iW]`` float32; ``points``: a list with one ``[P, 5]`` float32; ``camera2ego``,
     ``lidar2camera``, ``lidar2image``, ``camera_intrinsics``, ``camera2lidar``, ``img_aug_matrix [1, N, 4, 4]``;
     ``lidar2ego``, ``lidar_aug_matrix [1, 4, 4]``; synthetic only: ``gt_boxes`` (list of one ``[K, 7]``),
-    ``gt_labels`` (list of one ``[K]`` int64), ``instance_map [1, N, iH, iW]`` int64.
+    ``gt_labels`` (list of one ``[K]`` int64), ``instance_map [1, N, iH, iW]`` int64, ``camera_depth [1, N, iH, iW]``
+    (the renderer's depth of what each pixel sees).
 
     * ``"zeros"``: CUDA-BEVFusion's export input: the image is all zeros and there are no lidar points (``[0, 5]``),
       so ``depth_map(sample)`` is the all-zero ``[1, N, 1, iH, iW]`` that ``export-camera.py`` feeds. (Upstream
@@ -80,6 +82,7 @@ def make_sample(kind: str = "zeros", seed: int = 0, config: CameraConfig = R50) 
         sample["gt_boxes"] = [scene.boxes.clone()]
         sample["gt_labels"] = [scene.labels.clone()]
         sample["instance_map"] = views.instance.unsqueeze(0)
+        sample["camera_depth"] = views.depth.unsqueeze(0)
     check_calibration(sample, config)
     return sample
 
