@@ -159,12 +159,12 @@ def canonical_inputs(
 def _skip_reason(backend: str, plan: BevPoolPlan, device: torch.device) -> str | None:
     from .triton_kernels import INTERPRETED
 
-    if device.type == "cuda" or not backend.startswith("triton") or not INTERPRETED:
+    if not backend.startswith("triton"):
         return None
+    if not INTERPRETED:
+        return None if device.type == "cuda" else "Triton compiles for CUDA here: it cannot run on CPU tensors"
     limit = INTERPRETER_MAX_POINTS[backend]
-    if plan.num_points > limit:
-        return f"Triton interpreter: skipped above {limit:,} points"
-    return None
+    return f"Triton interpreter: skipped above {limit:,} points" if plan.num_points > limit else None
 
 
 def _repeat(backend: str, device: torch.device, repeat: int) -> int:
@@ -203,8 +203,8 @@ def measure(
 def compare_backends(
     depth: Tensor, feat: Tensor, plan: BevPoolPlan, backends: Sequence[str] = ("naive", *TRITON_BACKENDS)
 ) -> Table:
-    """Each backend against the torch reference on the same inputs: output shape, wall time of one call, the errors
-    of ``bevnb.metrics.compare`` and whether the output is bit-identical."""
+    """Each backend against the torch reference on the same inputs: output shape and dtype, wall time of one call,
+    the largest absolute error (``bevnb.metrics.compare``) and whether the output is bit-identical."""
     reference = bev_pool(depth, feat, plan, backend="torch")
     rows = []
     for backend in backends:
