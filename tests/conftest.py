@@ -24,3 +24,19 @@ def sample() -> dict:
 def stages(model, sample) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         return model.forward_stages(sample)
+
+
+@pytest.fixture(scope="session")
+def onnx_dirs():
+    """``onnx_dirs(precision)`` → ``build/onnx/<precision>`` with both graphs of the default model, shared with the
+    chapters (``ensure_exported`` exports only when missing or stale; int8 reuses chapter 04's calibration)."""
+    from bevnb.export import ensure_exported
+
+    made: dict[str, object] = {}
+
+    def get(precision: str):
+        if precision not in made:
+            made[precision] = ensure_exported(precision, verbose=False)
+        return made[precision]
+
+    return get

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import socket
 import urllib.request
@@ -15,10 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-import bevnb
 from bevnb import graphs
-from bevnb.export import BACKBONE_FILE, VTRANSFORM_FILE, export_camera, trace_to_onnx
-from bevnb.paths import build_dir
+from bevnb.export import BACKBONE_FILE, VTRANSFORM_FILE, ensure_exported, trace_to_onnx
 
 SVG = "{http://www.w3.org/2000/svg}"
 BACKBONE_PARTS = ["ResNet50", "GeneralizedLSSFPN", "dtransform", "depthnet", "Slice/Softmax/Transpose"]
@@ -356,18 +355,10 @@ def test_netron_rejects_a_missing_file(tmp_path, netron_env):
 # --- the real camera exports (slow) -----------------------------------------------------------------------------
 
 
+@functools.cache
 def exported(precision: str) -> Path:
-    """The chapters' exports in ``build/onnx/<precision>``, made when missing (fp16 ~1 min; int8 calibrates
-    first, several minutes on a 2-core CPU)."""
-    out = build_dir("onnx", precision)
-    if not all((out / name).is_file() for name in (BACKBONE_FILE, VTRANSFORM_FILE)):
-        model = bevnb.build_camera_model()
-        if precision == "int8":
-            from bevnb import quant
-
-            quant.prepare_int8(model, progress=False)
-        export_camera(model, out, precision, verbose=False)
-    return out
+    """The chapters' exports in ``build/onnx/<precision>`` (``ensure_exported``: made only when missing or stale)."""
+    return ensure_exported(precision, verbose=False)
 
 
 @pytest.fixture(scope="module")

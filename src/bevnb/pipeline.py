@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .bevpool import bev_pool
+from .bevpool import bev_pool, resolve_backend
 from .config import R50, CameraConfig
 from .export import BACKBONE_FILE, BACKBONE_IO, VTRANSFORM_FILE, VTRANSFORM_IO
 from .geometry import depth_map_from_points, plan_bev_pool
@@ -85,6 +85,7 @@ class SplitCamera:
         self.vtransform = OnnxGraph(onnx_dir / VTRANSFORM_FILE, providers)
         _check_io(self.backbone, BACKBONE_IO)
         _check_io(self.vtransform, VTRANSFORM_IO)
+        resolve_backend(bev_pool_backend, "cpu")  # an unknown name fails here, not after the backbone has run
         self.bev_pool_backend = bev_pool_backend
         self.config = config
 
@@ -144,3 +145,68 @@ def graph_parity(model: CameraBranch, onnx_dir: str | Path, samples: dict[str, d
             m = compare(reference, ort_outputs[output])
             rows.append((name, output, list(reference.shape), m["max_abs"], m["rel"], f"{m['cosine']:.9f}"))
     return Table(rows, ("sample", "output", "shape", "max abs err", "rel err", "cosine"), "ONNX Runtime vs PyTorch")
+
+
+# --- the split against the monolithic model -----------------------------------------------------------------------
+
+# Stage outputs compared, in pipeline order, with the name each has in the split (CUDA-BEVFusion's stage names).
+STAGES = {
+    "depth_map": "camera depth",
+    "features": "camera_feature",
+    "depth_weights": "camera_depth_weights",
+    "bev": "bev_pool",
+    "bev_downsampled": "vtransform (final)",
+}
+FP16_MAX_REL = 1e-3  # the float split must equal PyTorch to 1e-3 of the output scale at the end
+INT8_MIN_COSINE = 0.98  # the int8 split must keep the final BEV's direction (fake-quant noise only)
+
+
+@dataclass
+class Validation:
+    """Per sample, precision and stage: the errors of the split against the monolithic PyTorch model, and which
+    tolerance checks failed (empty when the split is right)."""
+
+    rows: list[tuple]
+    timings_ms: dict[str, dict[str, float]]
+    failures: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def table(self) -> Table:
+        return Table(
+            self.rows,
+            ("sample", "precision", "stage", "shape", "max abs err", "rel err", "cosine", "SQNR dB"),
+            "split pipeline vs PyTorch (rel err: max abs error / max |PyTorch|)",
+        )
+
+    def timing_table(self) -> Table:
+        stages = list(next(iter(self.timings_ms.values())))
+        rows = [(stage, *(t[stage] for t in self.timings_ms.values())) for stage in stages]
+        return Table(rows, ("stage", *(f"{k} ms" for k in self.timings_ms)), "stage timings (first run)")
+
+
+def validate(model: CameraBranch, splits: dict[str, SplitCamera], samples: dict[str, dict]) -> Validation:
+    """Run each split (``{"fp16": SplitCamera(dir), "int8": …}``) on each named sample, compare every stage with
+    ``model.forward_stages`` and check the tolerances: fp16 final rel err ≤ ``FP16_MAX_REL``, int8 final cosine
+    ≥ ``INT8_MIN_COSINE``."""
+    rows, timings, failures = [], {}, []
+    for name, sample in samples.items():
+        with torch.no_grad():
+            reference = model.forward_stages(sample)
+        for precision, split in splits.items():
+            result = split(sample)
+            timings.setdefault(precision, result.timings_ms)
+            for stage, label in STAGES.items():
+                m = compare(reference[stage], result.outputs[stage])
+                cosine = f"{m['cosine']:.6f}"
+                rows.append(
+                    (name, precision, label, list(reference[stage].shape), m["max_abs"], m["rel"], cosine, m["sqnr_db"])
+                )
+            final = compare(reference["bev_downsampled"], result.bev)
+            if precision == "fp16" and not final["rel"] <= FP16_MAX_REL:
+                failures.append(f"{name}/fp16: final rel err {final['rel']:.3g} > {FP16_MAX_REL:g}")
+            if precision == "int8" and not final["cosine"] >= INT8_MIN_COSINE:
+                failures.append(f"{name}/int8: final cosine {final['cosine']:.4f} < {INT8_MIN_COSINE:g}")
+    return Validation(rows, timings, failures)

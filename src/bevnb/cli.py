@@ -1,0 +1,127 @@
+"""``bevnb``: the tutorial's steps without a notebook.
+
+    bevnb export --precision {fp16,int8} --out DIR [--checkpoint FILE] [--seed N]
+                 [--calib-samples N] [--calibration FILE]
+    bevnb inspect FILE.onnx
+    bevnb validate [--precision fp16 int8] [--onnx-dir DIR] [--samples N] [--backend B] [--example-data DIR]
+    bevnb bench bevpool [benchmark options, see `bevnb bench bevpool --help`]
+
+Every command exits 2 with a one-line reason on bad input; ``validate`` exits 1 when a tolerance is broken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+VALIDATION_SEED = 1000  # synthetic scenes from here on are never used for calibration (which starts at seed 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from .export import ExportError
+    from .model import CheckpointError
+
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError, ExportError, CheckpointError, OSError) as exc:
+        print(f"bevnb {args.command}: error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bevnb", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export", help="write camera.backbone.onnx and camera.vtransform.onnx")
+    p.add_argument("--precision", choices=("fp16", "int8"), default="fp16")
+    p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
+    p.add_argument("--checkpoint", type=Path, help="MIT checkpoint, camera state dict or CUDA-BEVFusion PTQ pickle")
+    p.add_argument("--seed", type=int, default=0, help="seed of the default weights (without --checkpoint)")
+    p.add_argument("--calib-samples", type=int, default=None, help="synthetic scenes to calibrate int8 on")
+    p.add_argument("--calibration", type=Path, help="a saved bevnb calibration (amax) to use instead")
+    p.set_defaults(run=_export)
+
+    p = sub.add_parser("inspect", help="print a graph's I/O, operators, Q/DQ and module tree")
+    p.add_argument("file", type=Path)
+    p.set_defaults(run=_inspect)
+
+    p = sub.add_parser("validate", help="compare the split pipeline with the PyTorch model, stage by stage")
+    p.add_argument("--precision", nargs="+", choices=("fp16", "int8"), default=["fp16", "int8"])
+    p.add_argument("--onnx-dir", type=Path, help="folder with both graphs (default: build/onnx/<precision>)")
+    p.add_argument("--samples", type=int, default=1, help="held-out synthetic scenes to compare on")
+    p.add_argument("--backend", default="triton", help="bev_pool backend (default: triton)")
+    p.add_argument("--example-data", type=Path, help="CUDA-BEVFusion example-data folder to compare on instead")
+    p.set_defaults(run=_validate)
+
+    p = sub.add_parser("bench", help="benchmarks")
+    p.add_argument("target", choices=("bevpool",))
+    p.add_argument("options", nargs=argparse.REMAINDER, help="passed to the benchmark")
+    p.set_defaults(run=_bench)
+    return parser
+
+
+def _export(args: argparse.Namespace) -> int:
+    from . import quant
+    from .export import export_camera
+    from .model import build_camera_model, read_checkpoint
+
+    if args.precision != "int8" and (args.calibration or args.calib_samples):
+        raise ValueError("--calibration and --calib-samples only apply to --precision int8")
+    ckpt = read_checkpoint(args.checkpoint) if args.checkpoint else None
+    model = build_camera_model(ckpt, seed=args.seed)
+    if args.precision == "int8":
+        calibration = args.calibration or (ckpt.amax if ckpt is not None and ckpt.amax else None)
+        samples = args.calib_samples or quant.DEFAULT_CALIB_SAMPLES
+        quant.prepare_int8(model, calibration=calibration, samples=samples)
+    args.out.mkdir(parents=True, exist_ok=True)
+    files = export_camera(model, args.out, precision=args.precision)
+    for f in files.values():
+        print(f"wrote {f.path} ({f.size_bytes / 1e6:.1f} MB, {f.nodes} nodes, {f.seconds:.1f} s)")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .graphs import describe
+
+    print(describe(args.file))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .data import load_example_data, make_sample
+    from .export import ensure_exported
+    from .model import build_camera_model
+    from .pipeline import SplitCamera, validate
+
+    if args.onnx_dir and len(args.precision) != 1:
+        raise ValueError("--onnx-dir holds one precision: name it with --precision fp16 or --precision int8")
+    if args.samples < 1:
+        raise ValueError(f"--samples must be at least 1, got {args.samples}")
+    dirs = {args.precision[0]: args.onnx_dir} if args.onnx_dir else {p: ensure_exported(p) for p in args.precision}
+    splits = {precision: SplitCamera(path, args.backend) for precision, path in dirs.items()}
+    if args.example_data:
+        samples = {"example-data": load_example_data(args.example_data)}
+    else:
+        seeds = range(VALIDATION_SEED, VALIDATION_SEED + args.samples)
+        samples = {f"synthetic-{s}": make_sample("synthetic", seed=s) for s in seeds}
+    result = validate(build_camera_model(), splits, samples)
+    print(result.table())
+    print()
+    print(result.timing_table())
+    for failure in result.failures:
+        print(f"FAILED: {failure}")
+    print("split pipeline OK" if result.ok else f"{len(result.failures)} tolerance check(s) failed")
+    return 0 if result.ok else 1
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bevpool.bench import main as bench_main
+
+    return bench_main(args.options)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
