@@ -4,8 +4,8 @@ A trained depthnet predicts, per feature-map pixel, *where along the ray* the su
 oracle replaces both predictions with ground truth from the synthetic scene:
 
 * depth weights: one-hot at the depth bin of the lidar depth measured at that pixel (no lidar point → no mass);
-* features: the pixel's colour (3 channels) and one channel per box, 1 where the renderer's instance map says the
-  pixel sees that box.
+* features: the pixel's colour (channels 0–2), a 1 that counts lifted points (channel 3), and one channel per box
+  (4 + k), 1 where the renderer's instance map says the pixel sees box k.
 
 Pooled through the same plan and kernel as the network's outputs, the colour channels draw a bird's-eye picture of
 the scene and each box channel must land inside that box's footprint.
@@ -27,11 +27,12 @@ from .data import denormalize_image, depth_map
 from .geometry import BevPoolPlan
 
 FOOTPRINT_MARGIN_M = 0.6
+BOX_CHANNEL0 = 4  # channels 0–2 colour, 3 count, then one per box
 
 
 @dataclass
 class OracleLift:
-    """``bev [1, C, X, Y]``: channels 0–2 the lifted colour, 3 + k the mass of box k (other channels zero);
+    """``bev [1, C, X, Y]``: channels 0–2 the summed colour, 3 the number of lifted points, 4 + k the mass of box k;
     ``lifted`` and ``inside`` hold each box's total lifted mass and the part inside its grown footprint, per box
     ``[K]``; ``lidar_points`` counts the lidar points inside each box, ``seen_pixels`` the image pixels where a
     camera sees the box and holds a consistent lidar depth (a box "seen by a camera and the lidar")."""
@@ -55,15 +56,15 @@ def oracle_layers(sample: dict, layers: int = 2, config: CameraConfig = R50) -> 
 
     Each feature-map pixel stands for the ``8 × 8`` image pixels around its frustum pixel
     ``(linspace(0, iW-1, fW), linspace(0, iH-1, fH))``, where the lidar may have measured several surfaces. Layer 0
-    lifts the **nearest** one: its depth (one-hot over the D bins), its colour (channels 0–2) and its box label
-    (box k → channel 3 + k). A cell carries a single feature vector, so a far box that shares every cell with a
-    nearer object would vanish; layer 1 therefore lifts, per cell, the nearest surface of *another* box than
-    layer 0's (box channels only), and so on. A cell where the lidar measured nothing lifts nothing.
+    lifts the **nearest** one: its depth (one-hot over the D bins), its colour (channels 0–2), a count (channel 3)
+    and its box label (box k → channel 4 + k). A cell carries a single feature vector, so a far box that shares
+    every cell with a nearer object would vanish; layer 1 therefore lifts, per cell, the nearest surface of *another*
+    box than layer 0's (box channels only), and so on. A cell where the lidar measured nothing lifts nothing.
     """
     boxes = sample["gt_boxes"][0]
     C, D, N = config.out_channels, config.depth_bins, config.num_cameras
-    if 3 + len(boxes) > C:
-        raise ValueError(f"the oracle needs 3 + {len(boxes)} channels, the config has {C}")
+    if BOX_CHANNEL0 + len(boxes) > C:
+        raise ValueError(f"the oracle needs {BOX_CHANNEL0} + {len(boxes)} channels, the config has {C}")
     (iH, iW), (fH, fW) = config.image_size, config.feature_size
     rows = torch.linspace(0, iH - 1, fH).round().long()
     cols = torch.linspace(0, iW - 1, fW).round().long()
@@ -90,8 +91,9 @@ def oracle_layers(sample: dict, layers: int = 2, config: CameraConfig = R50) -> 
             pixel = window.gather(-1, nearest).squeeze(-1).flatten(1)  # [N, fH·fW]
             colour = rgb.gather(2, pixel[:, None].expand(-1, 3, -1)).view(N, 3, fH, fW)
             features[..., :3] = colour.permute(0, 2, 3, 1)
+            features[..., 3] = 1.0
         for box in range(len(boxes)):
-            features[..., 3 + box] = (k == box).float()
+            features[..., BOX_CHANNEL0 + box] = (k == box).float()
         out.append((depth_weights, features))
         # Next layer: what this one lifted, and everything with the same label, is used up.
         depth = torch.where(label == k[..., None], math.inf, depth)
@@ -157,8 +159,9 @@ def oracle_lift(
     for depth_weights, features in oracle_layers(sample, layers, config):
         bev += bev_pool(depth_weights, features, weighted_points(plan, depth_weights), backend)
     boxes = sample["gt_boxes"][0]
-    lifted = torch.stack([bev[0, 3 + k].sum() for k in range(len(boxes))])
-    inside = torch.stack([bev[0, 3 + k][footprint_mask(box, config)].sum() for k, box in enumerate(boxes)])
+    mass = bev[0, BOX_CHANNEL0 : BOX_CHANNEL0 + len(boxes)]
+    lifted = mass.sum((1, 2))
+    inside = torch.stack([mass[k][footprint_mask(box, config)].sum() for k, box in enumerate(boxes)])
     seen = torch.isfinite(consistent_lidar_depth(sample, config))
     instance = sample["instance_map"][0]
     seen_pixels = torch.tensor([int((seen & (instance == k)).sum()) for k in range(len(boxes))])

@@ -169,6 +169,7 @@ class Validation:
     rows: list[tuple]
     timings_ms: dict[str, dict[str, float]]
     failures: list[str]
+    outputs: dict[tuple[str, str], dict[str, Tensor]]  # (sample, "pytorch" | precision) → stage outputs
 
     @property
     def ok(self) -> bool:
@@ -191,12 +192,13 @@ def validate(model: CameraBranch, splits: dict[str, SplitCamera], samples: dict[
     """Run each split (``{"fp16": SplitCamera(dir), "int8": …}``) on each named sample, compare every stage with
     ``model.forward_stages`` and check the tolerances: fp16 final rel err ≤ ``FP16_MAX_REL``, int8 final cosine
     ≥ ``INT8_MIN_COSINE``."""
-    rows, timings, failures = [], {}, []
+    rows, timings, failures, outputs = [], {}, [], {}
     for name, sample in samples.items():
         with torch.no_grad():
-            reference = model.forward_stages(sample)
+            reference = outputs[name, "pytorch"] = model.forward_stages(sample)
         for precision, split in splits.items():
             result = split(sample)
+            outputs[name, precision] = result.outputs
             timings.setdefault(precision, result.timings_ms)
             for stage, label in STAGES.items():
                 m = compare(reference[stage], result.outputs[stage])
@@ -209,4 +211,4 @@ def validate(model: CameraBranch, splits: dict[str, SplitCamera], samples: dict[
                 failures.append(f"{name}/fp16: final rel err {final['rel']:.3g} > {FP16_MAX_REL:g}")
             if precision == "int8" and not final["cosine"] >= INT8_MIN_COSINE:
                 failures.append(f"{name}/int8: final cosine {final['cosine']:.4f} < {INT8_MIN_COSINE:g}")
-    return Validation(rows, timings, failures)
+    return Validation(rows, timings, failures, outputs)

@@ -14,7 +14,7 @@ def format_value(value: object) -> str:
     if isinstance(value, float):
         if math.isinf(value) or math.isnan(value):
             return str(value)
-        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+        return f"{value:.4g}" if abs(value) < 1000 else f"{value:,.0f}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     if isinstance(value, tuple | list) or type(value).__name__ == "Size":

@@ -19,6 +19,7 @@ from matplotlib.patches import Rectangle
 from .config import R50, CameraConfig
 from .data import denormalize_image
 from .geometry import BevPoolPlan, create_frustum, get_geometry
+from .oracle import BOX_CHANNEL0, FOOTPRINT_MARGIN_M, OracleLift
 from .scene import CLASS_NAMES, box_corners, load_rig
 
 # nuScenes' usual picture: front cameras on top, back cameras below, each row left to right as seen from the car
@@ -212,4 +213,72 @@ def bev_pool_scaling(results: list[dict]) -> Figure:
     ax.legend(fontsize=8)
     names = ", ".join(f"{r['device']['name']} (Triton {r['device']['triton']})" for r in results)
     ax.set_title(f"bev_pool time against points, C = 80 — {names}", fontsize=9)
+    return fig
+
+
+# --- chapter 07: the split pipeline ------------------------------------------------------------------------------
+
+
+def _bev_image(ax: Axes, image: torch.Tensor, config: CameraConfig, **imshow: object) -> object:
+    """Draw a BEV map ``[X, Y]`` or ``[X, Y, 3]`` (rows x, columns y, as bev_pool stores it) in ``bev_plot``'s
+    metric view: x to the right, y forward."""
+    (x0, x1, _), (y0, y1, _) = config.xbound, config.ybound
+    shown = ax.imshow(image.transpose(0, 1), origin="lower", extent=(x0, x1, y0, y1), **imshow)
+    ax.set(xlabel="x (m, right)", ylabel="y (m, forward)")
+    return shown
+
+
+def bev_feature_maps(maps: dict[str, torch.Tensor], config: CameraConfig = R50, title: str = "") -> Figure:
+    """Side by side, ``log(1 + ‖feature‖₂)`` of BEV feature maps ``[1, C, X', Y']`` (any resolution: the extent is
+    metric), on one colour scale."""
+    fig = Figure(figsize=(4.4 * len(maps), 4.6), layout="constrained")
+    axes = fig.subplots(1, len(maps), squeeze=False)[0]
+    norms = {name: m[0].float().norm(dim=0).log1p() for name, m in maps.items()}
+    vmax = max(n.max().item() for n in norms.values())
+    for ax, (name, norm) in zip(axes, norms.items(), strict=True):
+        shown = _bev_image(ax, norm, config, cmap="magma", vmin=0, vmax=vmax)
+        ax.set_title(f"{name} {list(maps[name].shape)}", fontsize=9)
+    fig.colorbar(shown, ax=list(axes), shrink=0.8, label="log(1 + |feature|)")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def oracle_bev(lift: OracleLift, config: CameraConfig = R50) -> Figure:
+    """The oracle lift: left, the mean lifted colour per BEV cell (each cell drawn 3 × 3 cells wide so the 0.3 m
+    cells show); right, every cell that received box mass, coloured by box, with each box's footprint grown by the
+    margin (dashed) and the share of its mass inside."""
+    fig = Figure(figsize=(13, 6.2), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    bev = lift.bev[0]
+    shown = torch.nn.functional.max_pool2d(bev[None, :4], 3, stride=1, padding=1)[0]
+    colour = torch.where(shown[3] > 0, shown[:3] / shown[3].clamp_min(1), torch.full((), 0.15))
+    _bev_image(left, colour.permute(1, 2, 0).clamp(0, 1), config)
+    left.set_title("lifted colour (mean per cell): what the cameras see, from above", fontsize=10)
+    (x0, _, dx), (y0, _, dy) = config.xbound, config.ybound
+    mass = bev[BOX_CHANNEL0 : BOX_CHANNEL0 + len(lift.boxes)]
+    grown = lift.boxes.clone()
+    grown[:, 3:5] += 2 * FOOTPRINT_MARGIN_M
+    for k, (corners, grown_corners) in enumerate(zip(box_corners(lift.boxes), box_corners(grown), strict=True)):
+        rows, cols = mass[k].nonzero().unbind(1)
+        right.scatter(x0 + dx * (rows + 0.5), y0 + dy * (cols + 0.5), s=4, color=f"C{k % 10}")
+        left.fill(corners[:4, 0], corners[:4, 1], fill=False, ec="crimson", lw=0.8)
+        right.fill(corners[:4, 0], corners[:4, 1], fill=False, ec=f"C{k % 10}", lw=0.8)
+        right.fill(grown_corners[:4, 0], grown_corners[:4, 1], fill=False, ec="k", ls="--", lw=0.6)
+        share = lift.share_inside[k].item()
+        text = "unseen" if share != share else f"{100 * share:.0f}%"
+        right.annotate(
+            text,
+            corners[:4, :2].mean(0).tolist(),
+            fontsize=7,
+            ha="center",
+            va="bottom",
+            xytext=(0, 8),
+            textcoords="offset points",
+        )
+    right.set(xlabel="x (m, right)", ylabel="y (m, forward)", aspect="equal")
+    right.set_title(f"cells that received box mass; dashed: footprint + {FOOTPRINT_MARGIN_M} m", fontsize=10)
+    reach = lift.boxes[:, :2].abs().max().item() + 6.0  # zoom to where the boxes are
+    for ax in (left, right):
+        ax.set(xlim=(-reach, reach), ylim=(-reach, reach))
     return fig
