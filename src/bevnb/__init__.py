@@ -11,7 +11,8 @@ One entry point per step of the tutorial:
 
 from .bevpool import bev_pool
 from .config import R50, CameraConfig
-from .data import make_sample
+from . import graphs
+from .data import check_calibration, load_example_data, make_sample, read_tensor, write_tensor
 from .export import export_camera
 from .geometry import BevPoolPlan, plan_bev_pool
 from .model import CameraBranch, CheckpointError, build_camera_model, read_checkpoint
@@ -28,8 +29,13 @@ __all__ = [
     "SubclassCameraModule",
     "bev_pool",
     "build_camera_model",
+    "check_calibration",
     "export_camera",
+    "graphs",
+    "load_example_data",
     "make_sample",
     "plan_bev_pool",
     "read_checkpoint",
+    "read_tensor",
+    "write_tensor",
 ]
