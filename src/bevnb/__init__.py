@@ -9,9 +9,9 @@ One entry point per step of the tutorial:
 * ``plan_bev_pool`` / ``bev_pool`` — the calibration-time plan and the pooling kernels.
 """
 
+from . import graphs
 from .bevpool import bev_pool
 from .config import R50, CameraConfig
-from . import graphs
 from .data import check_calibration, load_example_data, make_sample, read_tensor, write_tensor
 from .export import export_camera
 from .geometry import BevPoolPlan, plan_bev_pool
