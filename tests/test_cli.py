@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import shutil
 
+import onnx
 import pytest
+from onnx import numpy_helper
 
-import bevnb
 from bevnb.cli import main
-from bevnb.export import export_camera
 
 
 def test_export_fp16_writes_the_graphs_of_the_default_model(tmp_path, onnx_dirs, capsys):
@@ -35,14 +35,15 @@ def test_validate_passes_on_the_default_model_and_fails_on_a_wrong_graph(onnx_di
     good = onnx_dirs("fp16")
     assert main(["validate", "--precision", "fp16", "--onnx-dir", str(good)]) == 0
     assert "split pipeline OK" in capsys.readouterr().out
-    # A vtransform graph from other weights: same names and shapes, wrong numbers.
-    wrong = tmp_path / "wrong"
-    wrong.mkdir()
-    export_camera(bevnb.build_camera_model(seed=7), wrong, verbose=False)
+    # A vtransform graph with other weights (its first conv negated): same names and shapes, wrong numbers.
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     shutil.copy(good / "camera.backbone.onnx", mixed)
-    shutil.copy(wrong / "camera.vtransform.onnx", mixed)
+    vtransform = onnx.load(good / "camera.vtransform.onnx")
+    first_conv = next(n for n in vtransform.graph.node if n.op_type == "Conv")
+    weight = next(t for t in vtransform.graph.initializer if t.name == first_conv.input[1])
+    weight.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(weight), weight.name))
+    onnx.save(vtransform, mixed / "camera.vtransform.onnx")
     assert main(["validate", "--precision", "fp16", "--onnx-dir", str(mixed), "--backend", "torch"]) == 1
     assert "FAILED: synthetic-1000/fp16: final rel err" in capsys.readouterr().out
 
