@@ -1,0 +1,749 @@
+"""Post-training quantization (PTQ) of the camera branch with pytorch-quantization: CUDA-BEVFusion's int8 recipe
+(``qat/ptq.py`` and ``qat/lean/quantize.py``), rebuilt.
+
+1. ``quantize_camera``: fold every BatchNorm into its conv, then swap each ``Conv2d`` of the backbone, the neck,
+   ``vtransform.dtransform`` and ``vtransform.depthnet`` for a ``QuantConv2d`` (``vtransform.downsample`` stays
+   float). Activations: per-tensor int8, histogram calibrator. Weights: per-channel int8 on axis 0 (output
+   channels), max calibrator. Then the sharing rules, which decide where TensorRT can fuse:
+
+   * each Bottleneck gets a ``residual_quantizer`` on the identity input of its Add, so only that input carries
+     Q/DQ and TensorRT fuses conv3 + add + relu. With a downsample, ``downsample[0]`` shares conv1's input
+     quantizer (both read ``x``) and the residual quantizer is new; without one, the identity *is* ``x``, so the
+     residual quantizer is conv1's input quantizer;
+   * each neck concat becomes a ``QuantConcat`` whose one quantizer serves both inputs (one scale, so TensorRT
+     concatenates int8 tensors in place, no reformat);
+   * the tensor layer2 → ``[512, 32, 88]`` is read by ``layer3[0].conv1``, ``layer3[0].downsample[0]`` and
+     ``neck.quant_concat1``, which feeds ``neck.lateral_convs[0].conv``: all four share
+     ``layer3[0].conv1._input_quantizer``. Likewise layer3 → ``[1024, 16, 44]`` with ``layer4[0]``,
+     ``quant_concat0`` and ``lateral_convs[1]``.
+
+2. ``calibrate``: run the float model (quantizers collecting, not quantizing) over synthetic scenes, then pick each
+   activation's amax from its histogram: ``mse`` (upstream), ``percentile`` or ``max``; weights take their
+   per-channel max. pytorch-quantization 2.1.3 hard-codes ``.cuda()`` in its MSE search, so bevnb computes the same
+   MSE search itself (``mse_amax``), on any device.
+
+3. ``amax_state`` / ``save_calibration`` / ``load_calibration`` / ``load_amax``: the calibrated state is the set of
+   ``_amax`` buffers under upstream names (``backbone.layer1.0.conv1._input_quantizer._amax`` …, a shared quantizer
+   under each of its names), so the amax of a CUDA-BEVFusion PTQ checkpoint (``read_checkpoint(path).amax``) loads
+   as is. ``prepare_int8`` does quantize + calibrate-or-load in one call.
+
+4. ``bevnb.export_camera(model, out, precision="int8")`` exports the fake quant as QuantizeLinear/DequantizeLinear
+   through ``export_mode`` (``TensorQuantizer.use_fb_fake_quant``). The exporter writes one Q/DQ pair per quantizer
+   *call*, so a shared quantizer that reads one tensor twice gives two identical pairs; onnxsim 0.8.1 merges them
+   (145 → 128 pairs) and keeps all 63 per-channel weight pairs, which ``export.simplify_graph`` checks.
+   ``expected_qdq`` predicts the count from the placement, ``placement_table`` / ``shared_table`` show it.
+
+5. ``evaluate_int8``: fp32 vs fake-quant PyTorch vs ONNX Runtime on the int8 graph, for both outputs, the pooled
+   BEV and every block. Two int8 implementations never agree bit for bit: an element that rounds the other way is
+   off by a whole step and tips elements of the next layer over rounding boundaries, so ONNX Runtime and fake quant
+   agree to ~57 dB after the first block and drift to the quantization-noise level (~20 dB) by layer4, each as far
+   from fp32 as the other. ``plot_*`` draw the chapter's figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from absl import logging as absl_logging
+from matplotlib.figure import Figure
+from pytorch_quantization import nn as quant_nn
+from pytorch_quantization.calib import HistogramCalibrator
+from pytorch_quantization.tensor_quant import QuantDescriptor
+from torch import Tensor, nn
+
+from .bevpool import bev_pool
+from .config import R50, CameraConfig
+from .export import BACKBONE_IO
+from .geometry import plan_bev_pool
+from .metrics import compare
+from .model import CameraBranch, fold_batchnorm
+from .model.resnet import Bottleneck
+from .paths import build_dir
+from .subclass import SubclassCameraModule
+from .tables import Table
+
+TensorQuantizer = quant_nn.TensorQuantizer
+QuantConv2d = quant_nn.QuantConv2d
+
+ACTIVATION = QuantDescriptor(num_bits=8, calib_method="histogram")  # per-tensor
+WEIGHT = QuantDescriptor(num_bits=8, axis=(0,), calib_method="max")  # per output channel
+CALIB_METHODS = ("mse", "percentile", "max")
+DEFAULT_CALIB_SAMPLES = 2  # synthetic scenes; chapter 04 must run in 120 s on a 2-core CPU
+OUTPUTS = BACKBONE_IO[1]  # (camera_feature, camera_depth_weights)
+HELD_OUT_SEED = 1000  # synthetic scenes from this seed on are never used for calibration
+
+
+# --- placement ---------------------------------------------------------------------------------------------------
+
+
+class QuantConcat(nn.Module):
+    """``cat(tensors, dim=1)`` with one ``_input_quantizer`` applied to every input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._input_quantizer = _activation_quantizer()
+
+    def forward(self, tensors: list[Tensor]) -> Tensor:
+        return torch.cat([self._input_quantizer(t) for t in tensors], dim=1)
+
+
+def quantize_camera(model: CameraBranch) -> CameraBranch:
+    """In place: fold BatchNorm, insert the quantizers of CUDA-BEVFusion's recipe (see the module docstring) and
+    return the model, uncalibrated. A model from a PTQ checkpoint is already folded; folding finds nothing there."""
+    if is_quantized(model):
+        raise ValueError("the model is already quantized; quantize a float camera branch")
+    fold_batchnorm(model)
+    for part in (model.backbone, model.neck, model.vtransform.dtransform, model.vtransform.depthnet):
+        _swap_convs(part)
+    backbone, neck = model.backbone, model.neck
+    for block in backbone.modules():
+        if isinstance(block, Bottleneck):
+            if block.downsample is None:
+                block.residual_quantizer = block.conv1._input_quantizer
+            else:
+                block.downsample[0]._input_quantizer = block.conv1._input_quantizer
+                block.residual_quantizer = _activation_quantizer()
+    neck.quant_concat0, neck.quant_concat1 = QuantConcat(), QuantConcat()
+    # layer2's output is read by layer3[0] and by quant_concat1, whose output lateral_convs[0] reads; layer3's
+    # output likewise by layer4[0], quant_concat0 and lateral_convs[1]: one quantizer for each group.
+    for stage, concat, lateral in (
+        (backbone.layer3[0], neck.quant_concat1, neck.lateral_convs[0]),
+        (backbone.layer4[0], neck.quant_concat0, neck.lateral_convs[1]),
+    ):
+        concat._input_quantizer = lateral.conv._input_quantizer = stage.conv1._input_quantizer
+    return model
+
+
+def _activation_quantizer() -> TensorQuantizer:
+    quantizer = TensorQuantizer(ACTIVATION)
+    quantizer._calibrator._torch_hist = True  # torch.histc instead of numpy, as upstream's set_quantizer_fast
+    return quantizer
+
+
+def _swap_convs(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if type(child) is nn.Conv2d:
+            setattr(module, name, _quant_conv(child))
+        else:
+            _swap_convs(child)
+
+
+def _quant_conv(conv: nn.Conv2d) -> quant_nn.QuantConv2d:
+    """A QuantConv2d holding ``conv``'s own weight and bias (built on the meta device: no throwaway init)."""
+    with _quiet(), torch.device("meta"):
+        quant = quant_nn.QuantConv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            quant_desc_input=ACTIVATION,
+            quant_desc_weight=WEIGHT,
+        )
+    quant._input_quantizer = _activation_quantizer()
+    quant.weight, quant.bias = conv.weight, conv.bias
+    return quant
+
+
+def quantizers(model: nn.Module) -> dict[str, TensorQuantizer]:
+    """Every distinct quantizer once, under the first name it has (``named_modules`` order)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, TensorQuantizer)}
+
+
+def quantizer_names(model: nn.Module) -> dict[int, list[str]]:
+    """``id(quantizer)`` → every name it has; a shared quantizer has several."""
+    names: dict[int, list[str]] = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        if isinstance(m, TensorQuantizer):
+            names.setdefault(id(m), []).append(name)
+    return names
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """Whether the model holds any quantizer."""
+    return any(isinstance(m, TensorQuantizer) for m in model.modules())
+
+
+def is_calibrated(model: nn.Module) -> bool:
+    """Whether the model is quantized and every quantizer has a finite amax."""
+    found = quantizers(model).values()
+    return bool(found) and all(q.amax is not None and bool(torch.isfinite(q.amax).all()) for q in found)
+
+
+# --- modes -------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def export_mode() -> Iterator[None]:
+    """Fake quant through torch's ``fake_quantize_per_{tensor,channel}_affine``, which the TorchScript exporter
+    writes as QuantizeLinear + DequantizeLinear (``TensorQuantizer.use_fb_fake_quant``; restored after)."""
+    before = TensorQuantizer.use_fb_fake_quant
+    TensorQuantizer.use_fb_fake_quant = True
+    try:
+        with _quiet():
+            yield
+    finally:
+        TensorQuantizer.use_fb_fake_quant = before
+
+
+@contextlib.contextmanager
+def quantization_disabled(model: nn.Module) -> Iterator[None]:
+    """Every quantizer bypassed (upstream's ``disable_quantization``, used for ``--fp16``); restored after."""
+    found = list(quantizers(model).values())
+    before = [q._disabled for q in found]
+    for q in found:
+        q.disable()
+    try:
+        yield
+    finally:
+        for q, disabled in zip(found, before, strict=True):
+            q._disabled = disabled
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """pytorch-quantization logs a warning through absl for every amax it loads; keep notebooks readable."""
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(level)
+
+
+# --- calibration -------------------------------------------------------------------------------------------------
+
+
+def backbone_inputs(sample: dict, config: CameraConfig = R50) -> tuple[Tensor, Tensor]:
+    """The backbone graph's inputs for a sample dict: ``img [1, N, 3, iH, iW]`` and the lidar depth map
+    ``[1, N, 1, iH, iW]`` (``bevnb.data.depth_map``)."""
+    from .data import depth_map
+
+    return sample["img"], depth_map(sample, config)
+
+
+def synthetic_inputs(count: int, first_seed: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+    """``backbone_inputs`` of ``count`` synthetic scenes, seeds ``first_seed …``, rendered one at a time."""
+    from .data import make_sample
+
+    for seed in range(first_seed, first_seed + count):
+        yield backbone_inputs(make_sample("synthetic", seed=seed))
+
+
+def calibrate(
+    model: CameraBranch,
+    data: int | Iterable[tuple[Tensor, Tensor]] = DEFAULT_CALIB_SAMPLES,
+    method: str = "mse",
+    percentile: float = 99.99,
+    progress: bool = True,
+) -> float:
+    """Calibrate a quantized model in place and return the wall time in seconds: ``collect_statistics`` over
+    ``data`` (a number of synthetic scenes, seeds 0 …, or ``(img, depth)`` pairs), then ``compute_amax``."""
+    _check_method(method)
+    start = time.perf_counter()
+    total = data if isinstance(data, int) else None
+    inputs = synthetic_inputs(data) if isinstance(data, int) else data
+    collect_statistics(model, inputs, progress, total)
+    compute_amax(model, method, percentile)
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def collect_statistics(
+    model: CameraBranch, inputs: Iterable[tuple[Tensor, Tensor]], progress: bool = True, total: int | None = None
+) -> int:
+    """Run the float forward of ``SubclassCameraModule`` over ``(img [1, N, 3, iH, iW], depth [1, N, 1, iH, iW])``
+    pairs, every activation quantizer feeding its histogram and none quantizing (upstream's
+    ``disable_quant`` + ``enable_calib``); return the number of pairs seen. Nothing after the split is quantized,
+    so calibration needs no bev_pool."""
+    from tqdm import tqdm
+
+    every = list(quantizers(model).values())
+    activations = _activation_quantizers(model)
+    if not activations:
+        raise ValueError("the model has no quantizers; run quantize_camera first")
+    with _quiet():
+        for q in every:
+            q.disable_quant()
+        for q in activations:
+            q._calibrator.reset()
+            q.enable_calib()
+    seen = 0
+    try:
+        split = SubclassCameraModule(model).eval()
+        for img, depth in tqdm(inputs, desc="calibrating", unit="scene", total=total, disable=not progress):
+            split(img, depth)
+            seen += 1
+    finally:
+        with _quiet():
+            for q in every:
+                q.enable_quant()
+            for q in activations:
+                q.disable_calib()
+    if seen == 0:
+        raise ValueError("calibration needs at least one (img, depth) pair, got none")
+    return seen
+
+
+def compute_amax(model: CameraBranch, method: str = "mse", percentile: float = 99.99) -> None:
+    """Set every amax from what ``collect_statistics`` gathered: activations by ``method`` over their histogram of
+    |x| (``mse``: the amax with the least quantization MSE, as upstream; ``percentile``: the ``percentile``-th
+    percentile; ``max``: the largest value), weights by their per-output-channel max |w|."""
+    _check_method(method)
+    for q in _activation_quantizers(model):
+        calib = q._calibrator
+        if calib._calib_hist is None:
+            raise ValueError("a quantizer has no histogram: run collect_statistics before compute_amax")
+        hist, edges = torch.as_tensor(calib._calib_hist).float().cpu(), torch.as_tensor(calib._calib_bin_edges).cpu()
+        if method == "mse":
+            amax = mse_amax(hist, edges.float(), q.num_bits)
+        elif method == "percentile":
+            amax = percentile_amax(hist, edges.float(), percentile)
+        else:
+            amax = edges[int(torch.nonzero(hist).max()) + 1]
+        _set_amax(q, amax.reshape(()))
+    for m in model.modules():
+        if isinstance(m, quant_nn.QuantConv2d):
+            _set_amax(m._weight_quantizer, m.weight.detach().abs().amax(dim=(1, 2, 3), keepdim=True))
+
+
+def mse_amax(hist: Tensor, edges: Tensor, num_bits: int = 8, start_bin: int = 128) -> Tensor:
+    """The amax among the bin centres ``c[start_bin:]`` that minimises ``Σ count·(q(c) − c)²`` over a histogram of
+    |x| (``hist [B]``, ``edges [B + 1]``), ``q`` being symmetric ``num_bits`` fake quant with that amax: the search
+    of pytorch-quantization's ``_compute_amax_mse`` (which needs CUDA), vectorised, on any device."""
+    centers = (edges[1:] + edges[:-1]) / 2
+    bound = 2 ** (num_bits - 1) - 1
+    errors = []
+    for amax in centers[start_bin:].split(max(1, 2**22 // centers.numel())):  # ≤ 4M elements at a time
+        t = centers * (bound / amax[:, None])
+        t.round_().clamp_(max=bound).mul_(amax[:, None] / bound).sub_(centers).square_()
+        errors.append(t @ hist)
+    return centers[start_bin + int(torch.cat(errors).argmin())]
+
+
+def percentile_amax(hist: Tensor, edges: Tensor, percentile: float = 99.99) -> Tensor:
+    """The bin edge below which ``percentile`` % of the histogram's mass lies."""
+    if not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+    cdf = torch.cumsum(hist.double(), 0) / hist.sum()
+    return edges[int(torch.searchsorted(cdf, torch.tensor(percentile / 100, dtype=torch.float64)))]
+
+
+def _check_method(method: str) -> None:
+    if method not in CALIB_METHODS:
+        raise ValueError(f"calibration method must be one of {', '.join(CALIB_METHODS)}, got {method!r}")
+
+
+def _activation_quantizers(model: nn.Module) -> list[TensorQuantizer]:
+    return [q for q in quantizers(model).values() if isinstance(q._calibrator, HistogramCalibrator)]
+
+
+def _set_amax(quantizer: TensorQuantizer, amax: Tensor) -> None:
+    amax = amax.detach().float().clone()
+    if quantizer.amax is None or quantizer.amax.shape != amax.shape:
+        quantizer.register_buffer("_amax", amax)
+    else:
+        quantizer._amax.copy_(amax)
+
+
+# --- amax I/O ----------------------------------------------------------------------------------------------------
+
+
+def amax_state(model: nn.Module) -> dict[str, Tensor]:
+    """``{upstream name: amax}`` for every quantizer, a shared one under each of its names (as in a CUDA-BEVFusion
+    PTQ checkpoint): ``backbone.conv1._input_quantizer._amax`` ``[]``, ``backbone.conv1._weight_quantizer._amax``
+    ``[64, 1, 1, 1]`` …"""
+    return {k: v.clone() for k, v in model.state_dict().items() if k.endswith("._amax")}
+
+
+def load_amax(model: nn.Module, amax: Mapping[str, Tensor]) -> None:
+    """Set every quantizer's amax from ``{name: amax}`` (``amax_state``'s keys, or ``read_checkpoint(path).amax``).
+    Strict: a quantizer without a value, a key without a quantizer, a wrong shape or two different values for one
+    shared quantizer raise ValueError, and then nothing is loaded."""
+    slots = _amax_slots(model)
+    missing = sorted(slots.keys() - amax.keys())
+    unexpected = sorted(amax.keys() - slots.keys())
+    misshaped = sorted(
+        f"{k} {list(amax[k].shape)}≠{list(shape)}"
+        for k, (_, shape) in slots.items()
+        if k in amax and tuple(amax[k].shape) != shape
+    )
+    if missing or unexpected or misshaped:
+        parts = [
+            f"{label} ({len(keys)}): {', '.join(keys[:4])}{' …' if len(keys) > 4 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+            if keys
+        ]
+        raise ValueError("amax does not fit the quantized model: " + "; ".join(parts))
+    chosen: dict[int, tuple[str, Tensor]] = {}
+    for key, (q, _) in slots.items():
+        value = torch.as_tensor(amax[key]).float()
+        first = chosen.setdefault(id(q), (key, value))
+        if not torch.equal(first[1], value):
+            raise ValueError(f"{first[0]} and {key} are one shared quantizer but hold different amax")
+    for q, _ in slots.values():
+        _set_amax(q, chosen[id(q)][1])
+
+
+def _amax_slots(model: nn.Module) -> dict[str, tuple[TensorQuantizer, tuple[int, ...]]]:
+    """``{amax key: (quantizer, amax shape)}`` under every name: ``[]`` per tensor, ``[C_out, 1, 1, 1]`` per channel."""
+    slots = {
+        f"{name}._amax": (m, ())
+        for name, m in model.named_modules(remove_duplicate=False)
+        if isinstance(m, TensorQuantizer)
+    }
+    for name, m in model.named_modules():
+        if isinstance(m, quant_nn.QuantConv2d):
+            slots[f"{name}._weight_quantizer._amax"] = (m._weight_quantizer, (m.out_channels, 1, 1, 1))
+    return slots
+
+
+def save_calibration(model: nn.Module, path: str | Path, **meta: object) -> Path:
+    """Write ``{"amax": amax_state(model), "weights": <digest>, "meta": meta}`` with ``torch.save``. The digest ties
+    the file to the weights it was calibrated for, so ``load_calibration`` refuses it on any other model."""
+    if not is_calibrated(model):
+        raise ValueError("the model is not calibrated: nothing to save")
+    path = Path(path)
+    torch.save({"amax": amax_state(model), "weights": weights_digest(model), "meta": meta}, path)
+    return path
+
+
+def load_calibration(model: nn.Module, path: str | Path) -> dict:
+    """Load a file of ``save_calibration`` into a quantized model with the same weights; return its ``meta``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such calibration file")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(saved, dict) or not isinstance(saved.get("amax"), dict):
+        raise ValueError(f"{path}: not a bevnb calibration file (expected a dict with 'amax')")
+    if saved.get("weights") != weights_digest(model):
+        raise ValueError(f"{path}: calibrated for other weights than this model's")
+    load_amax(model, saved["amax"])
+    return dict(saved.get("meta", {}))
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-1 of every weight and buffer except amax, in ``state_dict`` order (BN folding changes it)."""
+    digest = hashlib.sha1()
+    for key, value in model.state_dict().items():
+        if not key.endswith("._amax"):
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def calibration_file(model_seed: int, samples: int, method: str) -> Path:
+    """Where chapter 04 keeps the calibration of the default model for later chapters:
+    ``build/calibration/camera-seed{model_seed}-n{samples}-{method}.pt``."""
+    _check_method(method)
+    return build_dir("calibration") / f"camera-seed{model_seed}-n{samples}-{method}.pt"
+
+
+def prepare_int8(
+    model: CameraBranch,
+    calibration: str | Path | Mapping[str, Tensor] | None = None,
+    samples: int = DEFAULT_CALIB_SAMPLES,
+    method: str = "mse",
+    progress: bool = True,
+) -> CameraBranch:
+    """The int8 path in one call (``bevnb export --precision int8``): quantize the model in place (unless it is),
+    then take its amax from ``calibration`` (a ``save_calibration`` file, or an amax dict such as
+    ``read_checkpoint(ptq_checkpoint).amax``) or, without one, calibrate on ``samples`` synthetic scenes."""
+    if not is_quantized(model):
+        quantize_camera(model)
+    if calibration is None:
+        calibrate(model, samples, method, progress=progress)
+    elif isinstance(calibration, Mapping):
+        load_amax(model, calibration)
+    else:
+        load_calibration(model, calibration)
+    return model
+
+
+# --- the placement, reported -----------------------------------------------------------------------------------
+
+
+def quantizer_calls(model: CameraBranch) -> list[tuple[str, int]]:
+    """Every quantizer application of one backbone forward, in order: ``(quantizer's first name, tensor id)``,
+    recorded on a one-camera 64×64 input with quantization off (so an uncalibrated model works too). Two calls of
+    one quantizer on one tensor are the same Q/DQ pair once the graph's duplicates are merged."""
+    names = {id(q): name for name, q in quantizers(model).items()}
+    calls: list[tuple[str, int]] = []
+    seen: list[Tensor] = []  # keeps every input alive, so no id is reused during the forward
+
+    def record(module: nn.Module, args: tuple) -> None:
+        seen.append(args[0])
+        calls.append((names[id(module)], id(args[0])))
+
+    hooks = [q.register_forward_pre_hook(record) for q in quantizers(model).values()]
+    try:
+        with torch.no_grad(), quantization_disabled(model):
+            SubclassCameraModule(model)(torch.zeros(1, 1, 3, 64, 64), torch.zeros(1, 1, 1, 64, 64))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls
+
+
+def expected_qdq(model: CameraBranch) -> dict[str, int]:
+    """The Q/DQ pairs ``camera.backbone.onnx`` must hold, from the placement alone:
+
+    * ``weights``: one per-channel (axis 0) pair per QuantConv2d;
+    * ``activations``: one per-tensor pair per distinct (quantizer, tensor) — what remains after onnxsim merges the
+      duplicates the exporter writes when a shared quantizer reads one tensor twice;
+    * ``activation_calls``: quantizer applications, the exporter's count before merging.
+    """
+    calls = quantizer_calls(model)
+    weights = sum(isinstance(m, quant_nn.QuantConv2d) for m in model.modules())
+    activation_calls = [c for c in calls if not c[0].endswith("_weight_quantizer")]
+    return {"weights": weights, "activations": len(set(activation_calls)), "activation_calls": len(activation_calls)}
+
+
+def placement_table(model: CameraBranch) -> Table:
+    """Where the quantizers sit: one row per conv (quantized or float) and per residual/concat quantizer: its
+    input quantizer (a shared one under its first name, with the number of places using it), amax, and the weight
+    quantization with its per-channel amax range."""
+    names = quantizer_names(model)
+    rows = []
+    for name, m in model.named_modules():
+        site = _site(name, m)
+        if site is None:
+            continue
+        role, quantizer, weight = site
+        if quantizer is None:
+            rows.append((name, role, "float", "", "", weight))
+            continue
+        group = names[id(quantizer)]
+        label = _short(group[0]) if len(group) > 1 else "own"
+        rows.append((name, role, label, len(group), _amax_text(quantizer.amax), weight))
+    return Table(
+        rows,
+        ("module", "quantizes", "input quantizer", "users", "input amax", "weight (axis 0) amax"),
+        title="Q/DQ placement",
+    )
+
+
+def shared_table(model: CameraBranch) -> Table:
+    """The quantizers with more than one user, under their first name: one scale for every tensor that meets in an
+    Add or a Concat, so TensorRT needs no reformat between them."""
+    rows = [
+        (_short(names[0]), ", ".join(_short(n) for n in names[1:]))
+        for names in quantizer_names(model).values()
+        if len(names) > 1
+    ]
+    return Table(rows, ("quantizer", "also used by"), title="shared quantizers")
+
+
+def _site(name: str, m: nn.Module) -> tuple[str, TensorQuantizer | None, str] | None:
+    if isinstance(m, quant_nn.QuantConv2d):
+        return "conv input + weight", m._input_quantizer, _amax_text(m._weight_quantizer.amax)
+    if isinstance(m, nn.Conv2d):
+        return "—", None, "float"
+    if isinstance(m, Bottleneck) and isinstance(m.residual_quantizer, TensorQuantizer):
+        return "Add identity input", m.residual_quantizer, ""
+    if isinstance(m, QuantConcat):
+        return "both Concat inputs", m._input_quantizer, ""
+    return None
+
+
+def _short(quantizer_name: str) -> str:
+    return quantizer_name.removesuffix("._input_quantizer")
+
+
+def _amax_text(amax: Tensor | None) -> str:
+    if amax is None:
+        return "—"
+    if amax.numel() == 1:
+        return f"{amax.item():.4g}"
+    return f"{amax.min().item():.3g} … {amax.max().item():.3g}"
+
+
+# --- accuracy ----------------------------------------------------------------------------------------------------
+
+
+def ort_session(path: str | Path, extra_outputs: Iterable[str] = (), optimize: bool = True):
+    """An ONNX Runtime session on the graph at ``path`` (CUDA when onnxruntime has it, else CPU), with
+    ``extra_outputs`` (names of inner tensors) added to the graph's outputs. ``optimize=False`` turns off ORT's
+    graph rewrites, so it runs QuantizeLinear/DequantizeLinear/Conv as written instead of fusing them into int8
+    kernels."""
+    import onnx
+    import onnxruntime as ort
+
+    graph = onnx.load(str(path))
+    for name in extra_outputs:
+        graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    return ort.InferenceSession(graph.SerializeToString(), options, providers=providers)
+
+
+def block_names(model: CameraBranch) -> list[str]:
+    """The 16 Bottlenecks of the backbone: ``layer1.0`` … ``layer4.2``."""
+    return [name for name, m in model.backbone.named_modules() if isinstance(m, Bottleneck)]
+
+
+def block_output_tensor(block: str) -> str:
+    """The name the TorchScript exporter gives a Bottleneck's output in ``camera.backbone.onnx``:
+    ``/backbone/layer1/layer1.0/relu_2/Relu_output_0`` for ``layer1.0``."""
+    return f"/backbone/{block.split('.')[0]}/{block}/relu_2/Relu_output_0"
+
+
+@torch.no_grad()
+def backbone_outputs(
+    model: CameraBranch, img: Tensor, depth: Tensor, session=None, blocks: bool = False
+) -> dict[str, dict[str, Tensor]]:
+    """The graph outputs ``camera_feature [N, fH, fW, C]`` and ``camera_depth_weights [N, D, fH, fW]`` computed
+    three ways: ``fp32`` (quantizers off), ``fake-quant`` (PyTorch, pytorch-quantization's fake quant) and, given
+    a session on the int8 graph, ``onnxruntime``. With ``blocks``, every Bottleneck output too (by block name; the
+    session must then have been made with ``extra_outputs=map(block_output_tensor, block_names(model))``)."""
+    split = SubclassCameraModule(model).eval()
+    names = block_names(model) if blocks else []
+    captured: dict[str, Tensor] = {}
+    hooks = [
+        model.backbone.get_submodule(n).register_forward_hook(lambda m, args, output, n=n: captured.update({n: output}))
+        for n in names
+    ]
+    out = {}
+    try:
+        for way, mode in (("fp32", quantization_disabled(model)), ("fake-quant", _quiet())):
+            with mode:
+                feat, depth_weights = split(img, depth)
+            out[way] = {OUTPUTS[0]: feat, OUTPUTS[1]: depth_weights, **captured}
+            captured.clear()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if session is not None:
+        arrays = session.run([*OUTPUTS, *map(block_output_tensor, names)], {"img": img.numpy(), "depth": depth.numpy()})
+        out["onnxruntime"] = {k: torch.from_numpy(a) for k, a in zip([*OUTPUTS, *names], arrays, strict=True)}
+    return out
+
+
+COMPARISONS = (("fake-quant", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fake-quant"))
+
+
+@dataclass
+class Int8Accuracy:
+    """What int8 costs, worst case over the evaluated scenes.
+
+    ``table``: per comparison (``COMPARISONS``, test vs reference) and tensor (``camera_feature``,
+    ``camera_depth_weights``, ``bev`` pooled ``[1, 80, 360, 360]``): cosine, SQNR (dB), max |Δ|, max |Δ| / max |ref|;
+    ``block_sqnr``: per comparison, the SQNR (dB) at each Bottleneck output (``blocks``) of the first camera:
+    how the difference grows through the backbone."""
+
+    table: Table
+    blocks: list[str]
+    block_sqnr: dict[str, list[float]]
+
+
+def evaluate_int8(
+    model: CameraBranch, int8_onnx: str | Path, samples: Iterable[dict], progress: bool = True
+) -> Int8Accuracy:
+    """fp32 PyTorch vs fake-quant PyTorch vs ONNX Runtime on the int8 graph, on sample dicts (held-out synthetic
+    scenes): both graph outputs, the BEV after pooling (``bev_pool``, torch backend) and every block output."""
+    from tqdm import tqdm
+
+    names = block_names(model)
+    session = ort_session(int8_onnx, extra_outputs=map(block_output_tensor, names))
+    worst: dict[tuple[str, str], dict[str, float]] = {}
+    for sample in tqdm(samples, desc="evaluating", unit="scene", disable=not progress):
+        out = backbone_outputs(model, *backbone_inputs(sample, model.config), session, blocks=True)
+        plan = plan_bev_pool(sample, model.config)
+        for tensors in out.values():
+            tensors["bev"] = bev_pool(tensors[OUTPUTS[1]], tensors[OUTPUTS[0]], plan)
+        for test, ref in COMPARISONS:
+            for tensor in (*OUTPUTS, "bev", *names):
+                first = slice(None) if tensor in (*OUTPUTS, "bev") else slice(0, 1)  # blocks: camera 0 (speed)
+                m = compare(out[ref][tensor][first], out[test][tensor][first])
+                w = worst.setdefault((f"{test} vs {ref}", tensor), m)
+                for key, pick in (("cosine", min), ("sqnr_db", min), ("max_abs", max), ("rel", max)):
+                    w[key] = pick(w[key], m[key])
+    if not worst:
+        raise ValueError("evaluate_int8 needs at least one sample, got none")
+    rows = [
+        (pair, tensor, m["cosine"], m["sqnr_db"], m["max_abs"], m["rel"])
+        for (pair, tensor), m in worst.items()
+        if tensor not in names
+    ]
+    table = Table(
+        rows,
+        ("comparison", "tensor", "cosine", "SQNR (dB)", "max |Δ|", "max |Δ| / max |ref|"),
+        title="int8 accuracy (worst over the held-out scenes)",
+    )
+    block_sqnr = {f"{t} vs {r}": [worst[(f"{t} vs {r}", n)]["sqnr_db"] for n in names] for t, r in COMPARISONS}
+    return Int8Accuracy(table, names, block_sqnr)
+
+
+# --- figures -----------------------------------------------------------------------------------------------------
+
+
+def plot_fake_quant(x: Tensor, amax: float, num_bits: int = 8) -> Figure:
+    """A 2-D tensor ``[H, W]`` next to its int8 codes ``clamp(round(x / s), −2^(b−1), 2^(b−1) − 1)`` with
+    ``s = amax / (2^(b−1) − 1)`` and the error ``x − s·code`` (in steps): what one Q/DQ pair does."""
+    bound = 2 ** (num_bits - 1) - 1
+    step = amax / bound
+    codes = torch.clamp(torch.round(x / step), -bound - 1, bound)
+    error = (x - codes * step) / step
+    fig = Figure(figsize=(13, 3.6), layout="constrained")
+    axes = fig.subplots(1, 3)
+    panels = (
+        (x, f"float x {list(x.shape)}", "RdBu_r", amax),
+        (codes, f"int8 codes (scale s = amax/{bound} = {step:.4g})", "RdBu_r", bound + 1),
+        (error, "error x − s·code, in steps (|·| ≤ 0.5 unless clipped)", "PuOr", 1.0),
+    )
+    for ax, (data, title, cmap, limit) in zip(axes, panels, strict=True):
+        image = ax.imshow(data, cmap=cmap, vmin=-limit, vmax=limit)
+        ax.set_title(title, fontsize=10)
+        ax.set_axis_off()
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.suptitle(f"fake quant, {num_bits} bits, amax = {amax:.4g}")
+    return fig
+
+
+def plot_amax_choices(model: CameraBranch, names: Sequence[str], percentile: float = 99.99) -> Figure:
+    """For each named activation quantizer: the histogram of |x| its calibrator collected, and the amax that
+    ``max``, ``percentile`` and ``mse`` pick from it (the one in use is the calibrated ``amax``)."""
+    fig = Figure(figsize=(6.5 * len(names), 3.8), layout="constrained")
+    for ax, name in zip(fig.subplots(1, len(names), squeeze=False)[0], names, strict=True):
+        q = model.get_submodule(name)
+        hist, edges = q._calibrator._calib_hist, q._calibrator._calib_bin_edges
+        if hist is None:
+            raise ValueError(f"{name} has no histogram: calibrate the model first")
+        hist, edges = torch.as_tensor(hist).float().cpu(), torch.as_tensor(edges).float().cpu()
+        ax.stairs(hist.clamp(min=0.5), edges, fill=True, color="0.75")
+        choices = {
+            "max": edges[int(torch.nonzero(hist).max()) + 1],
+            f"percentile {percentile}": percentile_amax(hist, edges, percentile),
+            "mse": mse_amax(hist, edges),
+        }
+        for (label, amax), color in zip(choices.items(), ("tab:red", "tab:orange", "tab:blue"), strict=True):
+            ax.axvline(float(amax), color=color, label=f"{label}: {float(amax):.3g}")
+        ax.set(yscale="log", xlabel="|x|", ylabel="count", title=f"{_short(name)} (amax in use {q.amax.item():.3g})")
+        ax.legend(fontsize=8)
+    return fig
+
+
+def plot_block_sqnr(accuracy: Int8Accuracy) -> Figure:
+    """SQNR (dB) after every Bottleneck for each comparison: how quantization noise, and the difference between
+    two int8 implementations, build up through the backbone."""
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    ax = fig.subplots()
+    for (label, values), style in zip(accuracy.block_sqnr.items(), ("-o", "--s", "-^"), strict=True):
+        ax.plot(accuracy.blocks, values, style, label=label)
+    ax.set(xlabel="backbone block output", ylabel="SQNR (dB)", title="where the difference builds up")
+    ax.tick_params(axis="x", rotation=60)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
