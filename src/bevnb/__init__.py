@@ -9,7 +9,7 @@ One entry point per step of the tutorial:
 * ``plan_bev_pool`` / ``bev_pool`` — the calibration-time plan and the pooling kernels.
 """
 
-from . import graphs
+from . import graphs, quant
 from .bevpool import bev_pool
 from .config import R50, CameraConfig
 from .data import check_calibration, load_example_data, make_sample, read_tensor, write_tensor
@@ -35,6 +35,7 @@ __all__ = [
     "load_example_data",
     "make_sample",
     "plan_bev_pool",
+    "quant",
     "read_checkpoint",
     "read_tensor",
     "write_tensor",

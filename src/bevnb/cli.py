@@ -15,8 +15,6 @@ import argparse
 import sys
 from pathlib import Path
 
-VALIDATION_SEED = 1000  # synthetic scenes from here on are never used for calibration (which starts at seed 0)
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
@@ -95,6 +93,7 @@ def _validate(args: argparse.Namespace) -> int:
     from .export import ensure_exported
     from .model import build_camera_model
     from .pipeline import SplitCamera, validate
+    from .quant import HELD_OUT_SEED
 
     if args.onnx_dir and len(args.precision) != 1:
         raise ValueError("--onnx-dir holds one precision: name it with --precision fp16 or --precision int8")
@@ -105,7 +104,7 @@ def _validate(args: argparse.Namespace) -> int:
     if args.example_data:
         samples = {"example-data": load_example_data(args.example_data)}
     else:
-        seeds = range(VALIDATION_SEED, VALIDATION_SEED + args.samples)
+        seeds = range(HELD_OUT_SEED, HELD_OUT_SEED + args.samples)  # never used for calibration
         samples = {f"synthetic-{s}": make_sample("synthetic", seed=s) for s in seeds}
     result = validate(build_camera_model(), splits, samples)
     print(result.table())

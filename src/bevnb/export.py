@@ -18,7 +18,6 @@ data-dependent value in ``torch.export``). ``dynamo_export_error`` shows the fai
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -37,7 +36,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from .model import CameraBranch, build_camera_model
+from .model import CameraBranch, build_camera_model, state_digest
 from .paths import build_dir
 from .subclass import SubclassCameraModule
 
@@ -47,7 +46,6 @@ BACKBONE_IO = (("img", "depth"), ("camera_feature", "camera_depth_weights"))
 VTRANSFORM_IO = (("feat_in",), ("feat_out",))
 OPSET = 13  # the first opset with per-channel (axis) QuantizeLinear/DequantizeLinear
 PRECISIONS = ("fp16", "int8")
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 MANIFEST = "export.json"  # what the files in a folder were exported from
 
 
@@ -147,15 +145,6 @@ def ensure_exported(precision: str = "fp16", seed: int = 0, verbose: bool = True
     return out_dir
 
 
-def state_digest(model: nn.Module) -> str:
-    """SHA-1 of every tensor in ``state_dict`` (weights, buffers, quantizer amax), in order."""
-    digest = hashlib.sha1()
-    for key, value in model.state_dict().items():
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def trace_to_onnx(
     module: nn.Module, inputs: tuple[torch.Tensor, ...], input_names: tuple[str, ...], output_names: tuple[str, ...]
 ) -> onnx.ModelProto:
@@ -234,11 +223,6 @@ def quantized_tensors(graph: onnx.ModelProto) -> dict[str, int]:
             kind = "weights" if node.input[0] in constants else "activations"
             found.add((kind, node.input[0], *(value(name) for name in node.input[1:]), axis))
     return {kind: sum(key[0] == kind for key in found) for kind in ("weights", "activations")}
-
-
-def count_ops(graph: onnx.ModelProto, op_types: tuple[str, ...]) -> dict[str, int]:
-    """How many nodes of each of ``op_types`` the graph has."""
-    return {op: sum(node.op_type == op for node in graph.graph.node) for op in op_types}
 
 
 def dynamo_export_error(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> str | None:

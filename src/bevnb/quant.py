@@ -43,7 +43,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -62,9 +61,10 @@ from .config import R50, CameraConfig
 from .export import BACKBONE_IO
 from .geometry import plan_bev_pool
 from .metrics import compare
-from .model import CameraBranch, fold_batchnorm
+from .model import CameraBranch, fold_batchnorm, state_digest
 from .model.resnet import Bottleneck
 from .paths import build_dir
+from .pipeline import onnx_providers
 from .subclass import SubclassCameraModule
 from .tables import Table
 
@@ -414,7 +414,7 @@ def save_calibration(model: nn.Module, path: str | Path, **meta: object) -> Path
     if not is_calibrated(model):
         raise ValueError("the model is not calibrated: nothing to save")
     path = Path(path)
-    torch.save({"amax": amax_state(model), "weights": weights_digest(model), "meta": meta}, path)
+    torch.save({"amax": amax_state(model), "weights": state_digest(model, skip_amax=True), "meta": meta}, path)
     return path
 
 
@@ -426,20 +426,10 @@ def load_calibration(model: nn.Module, path: str | Path) -> dict:
     saved = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(saved, dict) or not isinstance(saved.get("amax"), dict):
         raise ValueError(f"{path}: not a bevnb calibration file (expected a dict with 'amax')")
-    if saved.get("weights") != weights_digest(model):
+    if saved.get("weights") != state_digest(model, skip_amax=True):
         raise ValueError(f"{path}: calibrated for other weights than this model's")
     load_amax(model, saved["amax"])
     return dict(saved.get("meta", {}))
-
-
-def weights_digest(model: nn.Module) -> str:
-    """SHA-1 of every weight and buffer except amax, in ``state_dict`` order (BN folding changes it)."""
-    digest = hashlib.sha1()
-    for key, value in model.state_dict().items():
-        if not key.endswith("._amax"):
-            digest.update(key.encode())
-            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def calibration_file(model_seed: int, samples: int, method: str) -> Path:
@@ -572,7 +562,7 @@ def _amax_text(amax: Tensor | None) -> str:
 
 
 def ort_session(path: str | Path, extra_outputs: Iterable[str] = (), optimize: bool = True):
-    """An ONNX Runtime session on the graph at ``path`` (CUDA when onnxruntime has it, else CPU), with
+    """An ONNX Runtime session on the graph at ``path`` (``pipeline.onnx_providers``: CUDA when there is one), with
     ``extra_outputs`` (names of inner tensors) added to the graph's outputs. ``optimize=False`` turns off ORT's
     graph rewrites, so it runs QuantizeLinear/DequantizeLinear/Conv as written instead of fusing them into int8
     kernels."""
@@ -585,8 +575,7 @@ def ort_session(path: str | Path, extra_outputs: Iterable[str] = (), optimize: b
     options = ort.SessionOptions()
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-    return ort.InferenceSession(graph.SerializeToString(), options, providers=providers)
+    return ort.InferenceSession(graph.SerializeToString(), options, providers=onnx_providers())
 
 
 def block_names(model: CameraBranch) -> list[str]:

@@ -1,7 +1,7 @@
 """BEVFusion-R50's camera branch in plain PyTorch, with the upstream parameter names."""
 
 from .camera import CameraBranch, build_camera_model, init_default_weights
-from .checkpoint import CameraCheckpoint, CheckpointError, load_camera_state, read_checkpoint
+from .checkpoint import CameraCheckpoint, CheckpointError, load_camera_state, read_checkpoint, state_digest
 from .fold import fold_batchnorm
 
 __all__ = [
@@ -13,4 +13,5 @@ __all__ = [
     "init_default_weights",
     "load_camera_state",
     "read_checkpoint",
+    "state_digest",
 ]

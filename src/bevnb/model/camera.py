@@ -13,7 +13,7 @@ from ..geometry import depth_map_from_points, plan_bev_pool
 from .checkpoint import CameraCheckpoint, load_camera_state, read_checkpoint
 from .fold import fold_batchnorm
 from .neck import GeneralizedLSSFPN
-from .resnet import ResNet50
+from .resnet import Bottleneck, ResNet50
 from .vtransform import DepthLSSTransform
 
 
@@ -135,6 +135,12 @@ def init_default_weights(model: CameraBranch, seed: int = 0) -> None:
                 m.bias.zero_()
         elif isinstance(m, nn.BatchNorm2d):
             m.reset_parameters()
+    # Residual branches start small (bn3 γ = 0.2, in the spirit of zero-init-residual, Goyal et al. 2017). With
+    # γ = 1 every bottleneck adds a fresh unit-size random function and the net turns chaotic: 1 % input noise
+    # leaves 8 dB SQNR at layer4 (29 dB with γ = 0.2), and no fp16 or int8 comparison would mean anything.
+    for block in model.backbone.modules():
+        if isinstance(block, Bottleneck):
+            nn.init.constant_(block.bn3.weight, 0.2)
     # Depth logits with std ≈ 2 over 118 bins: a peaked but not one-hot distribution.
     nn.init.normal_(
         model.vtransform.depthnet[-1].weight, std=2.0 * (2.0 / model.config.in_channels) ** 0.5, generator=g

@@ -14,6 +14,7 @@ Three kinds of file hold camera weights:
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,17 @@ def _from_flat(path: Path, kind: str, flat: dict[str, Tensor]) -> CameraCheckpoi
     amax = {k: v for k, v in flat.items() if "_quantizer." in k}
     folded = "backbone.conv1.bias" in weights and "backbone.bn1.weight" not in weights
     return CameraCheckpoint(kind=kind, state_dict=weights, amax=amax, bn_folded=folded)
+
+
+def state_digest(module: nn.Module, skip_amax: bool = False) -> str:
+    """SHA-1 of every tensor in ``state_dict()`` (weights, buffers and, unless ``skip_amax``, quantizer amax), in
+    order: what an exported graph or a saved calibration was made from."""
+    digest = hashlib.sha1()
+    for key, value in module.state_dict().items():
+        if not (skip_amax and key.endswith("._amax")):
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 # --- the restricted unpickler ---------------------------------------------------------------------------------
