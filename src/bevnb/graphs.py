@@ -858,9 +858,9 @@ class NetronRender:
     the number of drawn nodes and the screenshot's path."""
 
     seconds: float
-    html: str
-    nodes: int
-    screenshot: Path
+    html: str = field(repr=False)  # the whole page: too long to print
+    nodes: int = 0
+    screenshot: Path = Path()
 
 
 CHROMIUM = "/usr/bin/chromium"

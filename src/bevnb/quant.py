@@ -62,6 +62,7 @@ from .export import BACKBONE_IO
 from .geometry import plan_bev_pool
 from .metrics import compare
 from .model import CameraBranch, fold_batchnorm, state_digest
+from .model.checkpoint import key_mismatch
 from .model.resnet import Bottleneck
 from .paths import build_dir
 from .pipeline import onnx_providers
@@ -371,20 +372,10 @@ def load_amax(model: nn.Module, amax: Mapping[str, Tensor]) -> None:
     Strict: a quantizer without a value, a key without a quantizer, a wrong shape or two different values for one
     shared quantizer raise ValueError, and then nothing is loaded."""
     slots = _amax_slots(model)
-    missing = sorted(slots.keys() - amax.keys())
-    unexpected = sorted(amax.keys() - slots.keys())
-    misshaped = sorted(
-        f"{k} {list(amax[k].shape)}≠{list(shape)}"
-        for k, (_, shape) in slots.items()
-        if k in amax and tuple(amax[k].shape) != shape
-    )
-    if missing or unexpected or misshaped:
-        parts = [
-            f"{label} ({len(keys)}): {', '.join(keys[:4])}{' …' if len(keys) > 4 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
-            if keys
-        ]
-        raise ValueError("amax does not fit the quantized model: " + "; ".join(parts))
+    given = {k: tuple(torch.as_tensor(v).shape) for k, v in amax.items()}
+    problems = key_mismatch({k: shape for k, (_, shape) in slots.items()}, given, shown=4)
+    if problems:
+        raise ValueError(f"amax does not fit the quantized model: {problems}")
     chosen: dict[int, tuple[str, Tensor]] = {}
     for key, (q, _) in slots.items():
         value = torch.as_tensor(amax[key]).float()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,22 +68,26 @@ def read_checkpoint(path: str | Path) -> CameraCheckpoint:
 def load_camera_state(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
     """Load strictly, or raise one ``CheckpointError`` naming every missing, unexpected and mis-shaped key (and load
     nothing)."""
-    own = model.state_dict()
-    missing = sorted(own.keys() - state_dict.keys())
-    unexpected = sorted(state_dict.keys() - own.keys())
-    misshaped = sorted(
-        f"{k} {list(state_dict[k].shape)}≠{list(own[k].shape)}"
-        for k in own.keys() & state_dict.keys()
-        if own[k].shape != state_dict[k].shape
-    )
-    if missing or unexpected or misshaped:
-        parts = [
-            f"{name} ({len(keys)}): {', '.join(keys[:8])}{' …' if len(keys) > 8 else ''}"
-            for name, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
-            if keys
-        ]
-        raise CheckpointError("checkpoint does not fit the camera branch: " + "; ".join(parts))
+    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+    problems = key_mismatch({k: tuple(v.shape) for k, v in model.state_dict().items()}, shapes)
+    if problems:
+        raise CheckpointError(f"checkpoint does not fit the camera branch: {problems}")
     model.load_state_dict(state_dict, strict=True)
+
+
+def key_mismatch(expected: Mapping[str, tuple[int, ...]], given: Mapping[str, tuple[int, ...]], shown: int = 8) -> str:
+    """``""`` when ``given`` has exactly the keys and shapes of ``expected``, else one line:
+    ``missing (n): …; unexpected (n): …; mis-shaped (n): key [given]≠[expected]`` (the first ``shown`` of each)."""
+    missing = sorted(expected.keys() - given.keys())
+    unexpected = sorted(given.keys() - expected.keys())
+    misshaped = sorted(
+        f"{k} {list(given[k])}≠{list(expected[k])}" for k in expected.keys() & given.keys() if given[k] != expected[k]
+    )
+    return "; ".join(
+        f"{name} ({len(keys)}): {', '.join(keys[:shown])}{' …' if len(keys) > shown else ''}"
+        for name, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+        if keys
+    )
 
 
 def _from_flat(path: Path, kind: str, flat: dict[str, Tensor]) -> CameraCheckpoint:
