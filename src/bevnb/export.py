@@ -72,7 +72,8 @@ def export_camera(
     verbose: bool = True,
 ) -> dict[str, ExportedFile]:
     """Write ``camera.backbone.onnx`` and ``camera.vtransform.onnx`` into ``out_dir`` (which must exist and be
-    writable) and return them by file name.
+    writable), plus ``export.json`` (precision and a digest of the weights, read by ``ensure_exported``), and return
+    the graphs by file name.
 
     ``img`` is the trace input (default zeros ``[1, N, 3, iH, iW]``); the depth input is all zeros, as upstream
     (the depth map is filled at run time). Each file is written to a temporary name and renamed, so an export that
