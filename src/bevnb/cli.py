@@ -1,4 +1,4 @@
-"""``bevnb``: the tutorial's steps without a notebook.
+"""bevnb: the tutorial's steps without a notebook.
 
     bevnb export --precision {fp16,int8} --out DIR [--checkpoint FILE] [--seed N]
                  [--calib-samples N] [--calibration FILE]
