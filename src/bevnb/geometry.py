@@ -166,6 +166,15 @@ class BevPoolPlan:
             **{k: getattr(self, k) for k in _PLAN_META},
         )
 
+    def select_points(self, keep: Tensor) -> BevPoolPlan:
+        """The plan restricted to the points where ``keep [P]`` (bool) is true, in the same order; cells keep their
+        intervals (emptied ones disappear). E.g. only the points a sparse depth actually weights."""
+        ranks = {k: getattr(self, k)[keep] for k in ("ranks_depth", "ranks_feat", "ranks_bev")}
+        starts, lengths = _intervals(ranks["ranks_bev"])
+        return BevPoolPlan(
+            **ranks, interval_starts=starts, interval_lengths=lengths, **{k: getattr(self, k) for k in _PLAN_META}
+        )
+
     def cell_counts(self) -> Tensor:
         """Kept points per camera and cell, ``[N, Z, X, Y]`` int64 (what the plan pictures of chapter 06 draw)."""
         X, Y, Z = self.grid_size
@@ -229,21 +238,26 @@ def plan_from_geometry(geometry: Tensor, config: CameraConfig = R50) -> BevPoolP
     # Depth index (n, d, h, w) → feature row (n, h, w): drop the d digit.
     hw = fH * fW
     ranks_feat = (ranks_depth // (D * hw)) * hw + ranks_depth % hw
-    _, interval_lengths = torch.unique_consecutive(ranks_bev, return_counts=True)
-    interval_starts = interval_lengths.cumsum(0) - interval_lengths
+    interval_starts, interval_lengths = _intervals(ranks_bev)
     i32 = torch.int32
     return BevPoolPlan(
         ranks_depth=ranks_depth.to(i32),
         ranks_feat=ranks_feat.to(i32),
         ranks_bev=ranks_bev.to(i32),
-        interval_starts=interval_starts.to(i32),
-        interval_lengths=interval_lengths.to(i32),
+        interval_starts=interval_starts,
+        interval_lengths=interval_lengths,
         num_cameras=N,
         depth_bins=D,
         feature_size=(fH, fW),
         channels=C,
         grid_size=(X, Y, Z),
     )
+
+
+def _intervals(ranks_bev: Tensor) -> tuple[Tensor, Tensor]:
+    """``(interval_starts, interval_lengths)`` int32 of sorted cell ranks: the run lengths, one interval per cell."""
+    _, lengths = torch.unique_consecutive(ranks_bev, return_counts=True)
+    return (lengths.cumsum(0) - lengths).to(torch.int32), lengths.to(torch.int32)
 
 
 _PLAN_CACHE: dict[bytes, BevPoolPlan] = {}
