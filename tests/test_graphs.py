@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import functools
 import re
 import socket
 import urllib.request
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 from bevnb import graphs
-from bevnb.export import BACKBONE_FILE, VTRANSFORM_FILE, ensure_exported, trace_to_onnx
+from bevnb.export import BACKBONE_FILE, VTRANSFORM_FILE, trace_to_onnx
 
 SVG = "{http://www.w3.org/2000/svg}"
 BACKBONE_PARTS = ["ResNet50", "GeneralizedLSSFPN", "dtransform", "depthnet", "Slice/Softmax/Transpose"]
@@ -355,20 +354,14 @@ def test_netron_rejects_a_missing_file(tmp_path, netron_env):
 # --- the real camera exports (slow) -----------------------------------------------------------------------------
 
 
-@functools.cache
-def exported(precision: str) -> Path:
-    """The chapters' exports in ``build/onnx/<precision>`` (``ensure_exported``: made only when missing or stale)."""
-    return ensure_exported(precision, verbose=False)
+@pytest.fixture(scope="module")
+def fp16(onnx_dirs) -> onnx.ModelProto:
+    return graphs.load(onnx_dirs("fp16") / BACKBONE_FILE)
 
 
 @pytest.fixture(scope="module")
-def fp16() -> onnx.ModelProto:
-    return graphs.load(exported("fp16") / BACKBONE_FILE)
-
-
-@pytest.fixture(scope="module")
-def int8() -> onnx.ModelProto:
-    return graphs.load(exported("int8") / BACKBONE_FILE)
+def int8(onnx_dirs) -> onnx.ModelProto:
+    return graphs.load(onnx_dirs("int8") / BACKBONE_FILE)
 
 
 @pytest.mark.slow
@@ -395,8 +388,8 @@ def test_backbone_stage_shapes(fp16):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [BACKBONE_FILE, VTRANSFORM_FILE])
-def test_describe_both_files(name):
-    text = graphs.describe(exported("fp16") / name)
+def test_describe_both_files(name, onnx_dirs):
+    text = graphs.describe(onnx_dirs("fp16") / name)
     io = {
         BACKBONE_FILE: ["img", "depth", "camera_feature", "camera_depth_weights"],
         VTRANSFORM_FILE: ["feat_in", "feat_out"],
@@ -407,9 +400,9 @@ def test_describe_both_files(name):
 
 
 @pytest.mark.slow
-def test_drawings_of_both_files_name_their_parts(fp16):
+def test_drawings_of_both_files_name_their_parts(fp16, onnx_dirs):
     assert set(BACKBONE_PARTS) <= set(_texts(_svg(graphs.draw(fp16))))
-    vtransform = graphs.load(exported("fp16") / VTRANSFORM_FILE)
+    vtransform = graphs.load(onnx_dirs("fp16") / VTRANSFORM_FILE)
     texts = _texts(_svg(graphs.draw(vtransform)))
     assert {"feat_in", "feat_out", "Conv 3×3/2"} <= set(texts) and texts.count("Relu") == 3
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_graphs import exported  # the chapters' exports, made when missing
 
 from bevnb import graphs
 from bevnb.export import BACKBONE_FILE
@@ -24,8 +23,8 @@ pytestmark = [
 ]
 
 
-def test_netron_draws_every_node_of_the_int8_backbone():
-    path = exported("int8") / BACKBONE_FILE
+def test_netron_draws_every_node_of_the_int8_backbone(onnx_dirs):
+    path = onnx_dirs("int8") / BACKBONE_FILE
     model = graphs.load(path)
     screenshot = build_dir("netron") / "camera.backbone.int8.png"
     try:
