@@ -30,7 +30,7 @@ def stages(model, sample) -> dict[str, torch.Tensor]:
 def onnx_dirs():
     """``onnx_dirs(precision)`` → ``build/onnx/<precision>`` with both graphs of the default model, shared with the
     chapters (``ensure_exported`` exports only when missing or stale; int8 reuses chapter 04's calibration)."""
-    from bevnb.export import ensure_exported
+    from bevnb.validation import ensure_exported
 
     made: dict[str, object] = {}
 

@@ -71,3 +71,17 @@ def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path, monkey
 
 def test_bench_bevpool_rejects_bad_options_with_exit_2(capsys):
     assert main(["bench", "bevpool", "--backends", "nope"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"not a calibration", "not a bevnb calibration file (UnpicklingError)"), (None, "no such calibration file")],
+)
+def test_export_int8_with_a_bad_calibration_file_exits_2_with_one_line(content, message, capsys, tmp_path):
+    bad = tmp_path / "calibration.pt"
+    if content is not None:
+        bad.write_bytes(content)
+    assert main(["export", "--precision", "int8", "--out", str(tmp_path), "--calibration", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"bevnb export: error: {bad}: {message}"
+    assert not (tmp_path / "camera.backbone.onnx").exists()

@@ -12,13 +12,13 @@ from bevnb.data import (
     TENSOR_MAGIC,
     check_calibration,
     denormalize_image,
-    depth_map,
     load_example_data,
     make_sample,
     read_tensor,
     sample_table,
     write_tensor,
 )
+from bevnb.geometry import depth_map
 from bevnb.scene import load_rig
 
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import bevnb
-from bevnb.export import BACKBONE_FILE, VTRANSFORM_FILE, ExportError, export_camera
-from bevnb.pipeline import graph_parity
+from bevnb.export import ExportError, export_camera
+from bevnb.subclass import BACKBONE_FILE, VTRANSFORM_FILE
+from bevnb.validation import graph_parity
 
 FLOAT = onnx.TensorProto.FLOAT
 DATA_DEPENDENT = {"NonZero", "Shape", "Where", "ScatterND", "ScatterElements", "TopK", "Loop", "If", "Range", "Expand"}

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from bevnb import graphs
-from bevnb.export import BACKBONE_FILE, VTRANSFORM_FILE, trace_to_onnx
+from bevnb.export import trace_to_onnx
+from bevnb.subclass import BACKBONE_FILE, VTRANSFORM_FILE
 
 SVG = "{http://www.w3.org/2000/svg}"
 BACKBONE_PARTS = ["ResNet50", "GeneralizedLSSFPN", "dtransform", "depthnet", "Slice/Softmax/Transpose"]

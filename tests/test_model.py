@@ -112,7 +112,7 @@ def test_default_weights_are_deterministic_per_seed(model):
 
 def test_monolithic_forward_equals_the_last_stage(model, sample, stages):
     with torch.no_grad():
-        bev = model.forward_sample(sample)
+        bev = model(sample)
     assert bev.shape == (1, 80, 180, 180)
     assert torch.equal(bev, stages["bev_downsampled"])
 

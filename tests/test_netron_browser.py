@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from bevnb import graphs
-from bevnb.export import BACKBONE_FILE
 from bevnb.paths import build_dir
+from bevnb.subclass import BACKBONE_FILE
 
 pytestmark = [
     pytest.mark.browser,

@@ -7,7 +7,8 @@ import torch
 
 import bevnb
 from bevnb.oracle import FOOTPRINT_MARGIN_M, footprint_mask, oracle_layers, oracle_lift, weighted_points
-from bevnb.pipeline import FP16_MAX_REL, INT8_MIN_COSINE, SplitCamera, validate
+from bevnb.pipeline import SplitCamera
+from bevnb.validation import FP16_MAX_REL, INT8_MIN_COSINE, validate
 
 
 @pytest.fixture(scope="module")

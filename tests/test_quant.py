@@ -18,11 +18,13 @@ from pytorch_quantization.calib import histogram as pq_histogram
 from torch import nn
 
 import bevnb
-from bevnb import quant
+from bevnb import quant, validation
 from bevnb.config import CameraConfig
-from bevnb.export import BACKBONE_FILE, VTRANSFORM_FILE, ExportError, export_camera
+from bevnb.export import ExportError, export_camera
 from bevnb.metrics import compare
 from bevnb.model.resnet import Bottleneck
+from bevnb.pipeline import OnnxGraph
+from bevnb.subclass import BACKBONE_FILE, VTRANSFORM_FILE
 
 TINY = CameraConfig(
     image_size=(64, 176), feature_size=(8, 22), num_cameras=1, xbound=(-54.0, 54.0, 1.2), ybound=(-54.0, 54.0, 1.2)
@@ -300,12 +302,11 @@ def test_int8_vtransform_has_no_qdq(int8_dir):
 def test_the_int8_graph_computes_the_fake_quant_model(calibrated, int8_dir):
     """ONNX Runtime running the Q/DQ nodes as written (no graph rewrites) against PyTorch's native fake quant (what
     was traced) at the first block output, before rounding flips start to compound (see the next test)."""
-    first = quant.block_names(calibrated)[0]
-    session = quant.ort_session(int8_dir / BACKBONE_FILE, [quant.block_output_tensor(first)], optimize=False)
+    first = validation.block_names(calibrated)[0]
+    tensor = validation.block_output_tensor(first)
+    graph = OnnxGraph(int8_dir / BACKBONE_FILE, extra_outputs=[tensor], optimize=False)
     inputs = tiny_inputs(7)
-    ort_out = torch.from_numpy(
-        session.run([quant.block_output_tensor(first)], {"img": inputs[0].numpy(), "depth": inputs[1].numpy()})[0]
-    )
+    ort_out = graph.outputs(*inputs)[tensor]
     seen = {}
     hook = calibrated.backbone.get_submodule(first).register_forward_hook(lambda m, a, out: seen.update(out=out))
     try:
@@ -321,11 +322,11 @@ def test_onnxruntime_on_the_int8_graph_agrees_with_fake_quant(calibrated, int8_d
     order) changes the next layer's input by a whole step and more elements flip: the two int8 computations drift
     apart to about the level of the quantization noise itself. So ONNX Runtime's int8 kernels track fake quant
     closely after one block, and at the outputs they are as far from fp32 as fake quant is."""
-    names = quant.block_names(calibrated)
-    session = quant.ort_session(int8_dir / BACKBONE_FILE, map(quant.block_output_tensor, names))
-    out = quant.backbone_outputs(calibrated, *tiny_inputs(7), session, blocks=True)
+    names = validation.block_names(calibrated)
+    graph = OnnxGraph(int8_dir / BACKBONE_FILE, extra_outputs=map(validation.block_output_tensor, names))
+    out = validation.backbone_outputs(calibrated, *tiny_inputs(7), graph, blocks=True)
     assert compare(out["fake-quant"][names[0]], out["onnxruntime"][names[0]])["sqnr_db"] >= 45
-    for tensor in quant.OUTPUTS:
+    for tensor in validation.OUTPUTS:
         noise = compare(out["fp32"][tensor], out["fake-quant"][tensor])
         deployed = compare(out["fp32"][tensor], out["onnxruntime"][tensor])
         assert compare(out["fake-quant"][tensor], out["onnxruntime"][tensor])["cosine"] >= 0.95

@@ -1,5 +1,5 @@
 """The synthetic scene: rig, boxes, ray casting, rendered cameras, lidar sweep, and their agreement with the
-sample's own matrices and with ``geometry.depth_map_from_points``."""
+sample's own matrices and with ``geometry.depth_map``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from bevnb.data import depth_map, make_sample, normalize_image
-from bevnb.geometry import depth_map_from_points, get_geometry
+from bevnb.data import make_sample, normalize_image
+from bevnb.geometry import depth_map, get_geometry
 from bevnb.scene import (
     BOX,
     CAR,
@@ -175,7 +175,7 @@ def test_box_corner_pixel_and_depth(one_box):
     assert views.instance[0, row, col] == 0
     assert abs(views.depth[0, row, col] - z[top]) < 0.01 * z[top]  # a pixel's footprint on a slanted face
     point = torch.cat((corners[top], torch.tensor([100.0, 0.0])))[None]
-    depth = depth_map_from_points([point], sample["lidar2image"], sample["img_aug_matrix"], sample["lidar_aug_matrix"])
+    depth = depth_map(dict(sample, points=[point]))
     assert depth[0, 0].count_nonzero() == 1
     torch.testing.assert_close(depth[0, 0, 0, row, col], z[top], rtol=1e-5, atol=0.0)
 

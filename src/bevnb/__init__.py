@@ -7,9 +7,27 @@ One entry point per step of the tutorial:
 * ``SubclassCameraModule`` — the split point: ``(img, depth) → (camera_feature, camera_depth_weights)``;
 * ``export_camera`` — ``camera.backbone.onnx`` and ``camera.vtransform.onnx``, fp16 or int8;
 * ``plan_bev_pool`` / ``bev_pool`` — the calibration-time plan and the pooling kernels.
+
+The other steps live in their modules (``bevnb.quant``, ``bevnb.graphs``, ``bevnb.pipeline``, ``bevnb.validation``
+…), which load on first use: ``import bevnb`` stays light and imports neither pytorch-quantization, nor ONNX
+Runtime, nor matplotlib.
+
+Layering: modules import downward only, in this order (a test reads the imports and fails on any circle)::
+
+    config, tables, metrics, paths
+    → geometry        frustum, lift geometry, the depth map, the bev_pool plan
+    → bevpool/        reference, Triton kernels, dispatch, backend comparison
+    → model/          ResNet50, GeneralizedLSSFPN, DepthLSSTransform, CameraBranch, checkpoints
+    → scene, data, oracle
+    → subclass        SubclassCameraModule and the split's interface (file and I/O names)
+    → graphs → drawing, netron
+    → quant → export → pipeline → validation
+    → viz, environment, chapters → cli
 """
 
-from . import graphs, quant
+import importlib
+from types import ModuleType
+
 from .bevpool import bev_pool
 from .config import R50, CameraConfig
 from .data import check_calibration, load_example_data, make_sample, read_tensor, write_tensor
@@ -31,12 +49,22 @@ __all__ = [
     "build_camera_model",
     "check_calibration",
     "export_camera",
-    "graphs",
     "load_example_data",
     "make_sample",
     "plan_bev_pool",
-    "quant",
     "read_checkpoint",
     "read_tensor",
     "write_tensor",
 ]
+
+
+def __getattr__(name: str) -> ModuleType:
+    """``bevnb.quant``, ``bevnb.graphs`` … without importing them first: a submodule loads on first access."""
+    if name.startswith("_"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":
+            raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

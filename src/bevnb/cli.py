@@ -90,10 +90,10 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from .data import load_example_data, make_sample
-    from .export import ensure_exported
     from .model import build_camera_model
-    from .pipeline import SplitCamera, validate
+    from .pipeline import SplitCamera
     from .quant import HELD_OUT_SEED
+    from .validation import ensure_exported, validate
 
     if args.onnx_dir and len(args.precision) != 1:
         raise ValueError("--onnx-dir holds one precision: name it with --precision fp16 or --precision int8")

@@ -16,7 +16,6 @@ import torch
 from torch import Tensor
 
 from .config import R50, CameraConfig
-from .geometry import depth_map_from_points
 from .scene import Rig, lidar_sweep, load_rig, random_scene, render_cameras
 from .tables import Table, format_value
 
@@ -59,7 +58,7 @@ def make_sample(kind: str = "zeros", seed: int = 0, config: CameraConfig = R50) 
     (the renderer's depth of what each pixel sees).
 
     * ``"zeros"``: CUDA-BEVFusion's export input: the image is all zeros and there are no lidar points (``[0, 5]``),
-      so ``depth_map(sample)`` is the all-zero ``[1, N, 1, iH, iW]`` that ``export-camera.py`` feeds. (Upstream
+      so ``geometry.depth_map(sample)`` is the all-zero ``[1, N, 1, iH, iW]`` that ``export-camera.py`` feeds. (Upstream
       exports with example-data's real image; the graph's shapes do not depend on the values.) ``seed`` is unused.
     * ``"synthetic"``: the scene of ``bevnb.scene.random_scene(seed)`` rendered by the rig's six cameras and a
       32-beam lidar; same seed, same sample.
@@ -113,13 +112,6 @@ def _mean_std(dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     return (
         torch.tensor(IMAGENET_MEAN, dtype=dtype).view(3, 1, 1),
         torch.tensor(IMAGENET_STD, dtype=dtype).view(3, 1, 1),
-    )
-
-
-def depth_map(sample: dict, config: CameraConfig = R50) -> Tensor:
-    """The depth input ``[B, N, 1, iH, iW]`` (metres, 0 = no point) of a sample: ``geometry.depth_map_from_points``."""
-    return depth_map_from_points(
-        sample["points"], sample["lidar2image"], sample["img_aug_matrix"], sample["lidar_aug_matrix"], config.image_size
     )
 
 

@@ -36,14 +36,9 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from .model import CameraBranch, build_camera_model, state_digest
-from .paths import build_dir
-from .subclass import SubclassCameraModule
+from .model import CameraBranch, state_digest
+from .subclass import BACKBONE_FILE, BACKBONE_IO, VTRANSFORM_FILE, VTRANSFORM_IO, SubclassCameraModule
 
-BACKBONE_FILE = "camera.backbone.onnx"
-VTRANSFORM_FILE = "camera.vtransform.onnx"
-BACKBONE_IO = (("img", "depth"), ("camera_feature", "camera_depth_weights"))
-VTRANSFORM_IO = (("feat_in",), ("feat_out",))
 OPSET = 13  # the first opset with per-channel (axis) QuantizeLinear/DequantizeLinear
 PRECISIONS = ("fp16", "int8")
 MANIFEST = "export.json"  # what the files in a folder were exported from
@@ -119,31 +114,6 @@ def export_camera(
     manifest = {"precision": precision, "state": state_digest(model), "files": sorted(written)}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return written
-
-
-def ensure_exported(precision: str = "fp16", seed: int = 0, verbose: bool = True) -> Path:
-    """``build/onnx/<precision>`` holding both graphs of ``build_camera_model(seed)``, exported only when the folder
-    does not already hold exactly those (its ``export.json`` records the precision and a digest of the weights and
-    amax). For int8 the model is calibrated with ``bevnb.quant``'s defaults, reusing a saved calibration.
-
-    Chapters 05 and 07 and the tests use it, so each can run on its own and none exports twice."""
-    from . import quant
-
-    model = build_camera_model(seed=seed)
-    if precision == "int8":
-        cached = quant.calibration_file(seed, quant.DEFAULT_CALIB_SAMPLES, "mse")
-        quant.prepare_int8(model, calibration=cached if cached.is_file() else None, progress=verbose)
-        if not cached.is_file():
-            quant.save_calibration(model, cached)
-    out_dir = build_dir("onnx", precision)
-    manifest = out_dir / MANIFEST
-    expected = {"precision": precision, "state": state_digest(model), "files": [BACKBONE_FILE, VTRANSFORM_FILE]}
-    fresh = manifest.is_file() and json.loads(manifest.read_text()) == expected
-    if not (fresh and all((out_dir / name).is_file() for name in expected["files"])):
-        export_camera(model, out_dir, precision, verbose=verbose)
-    elif verbose:
-        print(f"{out_dir}: up to date ({precision}, seed {seed})")
-    return out_dir
 
 
 def trace_to_onnx(

@@ -22,8 +22,8 @@ from torch import Tensor
 
 from .bevpool import bev_pool
 from .config import R50, CameraConfig
-from .data import denormalize_image, depth_map
-from .geometry import BevPoolPlan
+from .data import denormalize_image
+from .geometry import BevPoolPlan, depth_map
 
 FOOTPRINT_MARGIN_M = 0.6
 BOX_CHANNEL0 = 4  # channels 0–2 colour, 3 count, then one per box

@@ -33,39 +33,31 @@
    (145 → 128 pairs) and keeps all 63 per-channel weight pairs, which ``export.simplify_graph`` checks.
    ``expected_qdq`` predicts the count from the placement, ``placement_table`` / ``shared_table`` show it.
 
-5. ``evaluate_int8``: fp32 vs fake-quant PyTorch vs ONNX Runtime on the int8 graph, for both outputs, the pooled
-   BEV and every block. Two int8 implementations never agree bit for bit: an element that rounds the other way is
-   off by a whole step and tips elements of the next layer over rounding boundaries, so ONNX Runtime and fake quant
-   agree to ~57 dB after the first block and drift to the quantization-noise level (~20 dB) by layer4, each as far
-   from fp32 as the other. ``plot_*`` draw the chapter's figures.
+5. What int8 costs in accuracy is measured by ``bevnb.validation.evaluate_int8``; the chapter's figures are in
+   ``bevnb.viz``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
 from absl import logging as absl_logging
-from matplotlib.figure import Figure
 from pytorch_quantization import nn as quant_nn
 from pytorch_quantization.calib import HistogramCalibrator
 from pytorch_quantization.tensor_quant import QuantDescriptor
 from torch import Tensor, nn
 
-from .bevpool import bev_pool
 from .config import R50, CameraConfig
-from .export import BACKBONE_IO
-from .geometry import plan_bev_pool
-from .metrics import compare
+from .data import make_sample
+from .geometry import depth_map
 from .model import CameraBranch, fold_batchnorm, state_digest
 from .model.checkpoint import key_mismatch
 from .model.resnet import Bottleneck
 from .paths import build_dir
-from .pipeline import onnx_providers
 from .subclass import SubclassCameraModule
 from .tables import Table
 
@@ -76,7 +68,6 @@ ACTIVATION = QuantDescriptor(num_bits=8, calib_method="histogram")  # per-tensor
 WEIGHT = QuantDescriptor(num_bits=8, axis=(0,), calib_method="max")  # per output channel
 CALIB_METHODS = ("mse", "percentile", "max")
 DEFAULT_CALIB_SAMPLES = 2  # synthetic scenes; chapter 04 must run in 120 s on a 2-core CPU
-OUTPUTS = BACKBONE_IO[1]  # (camera_feature, camera_depth_weights)
 HELD_OUT_SEED = 1000  # synthetic scenes from this seed on are never used for calibration
 
 
@@ -137,7 +128,7 @@ def _swap_convs(module: nn.Module) -> None:
 
 def _quant_conv(conv: nn.Conv2d) -> quant_nn.QuantConv2d:
     """A QuantConv2d holding ``conv``'s own weight and bias (built on the meta device: no throwaway init)."""
-    with _quiet(), torch.device("meta"):
+    with quiet_logs(), torch.device("meta"):
         quant = quant_nn.QuantConv2d(
             conv.in_channels,
             conv.out_channels,
@@ -191,7 +182,7 @@ def export_mode() -> Iterator[None]:
     before = TensorQuantizer.use_fb_fake_quant
     TensorQuantizer.use_fb_fake_quant = True
     try:
-        with _quiet():
+        with quiet_logs():
             yield
     finally:
         TensorQuantizer.use_fb_fake_quant = before
@@ -212,7 +203,7 @@ def quantization_disabled(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_logs() -> Iterator[None]:
     """pytorch-quantization logs a warning through absl for every amax it loads; keep notebooks readable."""
     level = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.ERROR)
@@ -227,16 +218,12 @@ def _quiet() -> Iterator[None]:
 
 def backbone_inputs(sample: dict, config: CameraConfig = R50) -> tuple[Tensor, Tensor]:
     """The backbone graph's inputs for a sample dict: ``img [1, N, 3, iH, iW]`` and the lidar depth map
-    ``[1, N, 1, iH, iW]`` (``bevnb.data.depth_map``)."""
-    from .data import depth_map
-
+    ``[1, N, 1, iH, iW]`` (``bevnb.geometry.depth_map``)."""
     return sample["img"], depth_map(sample, config)
 
 
 def synthetic_inputs(count: int, first_seed: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
     """``backbone_inputs`` of ``count`` synthetic scenes, seeds ``first_seed …``, rendered one at a time."""
-    from .data import make_sample
-
     for seed in range(first_seed, first_seed + count):
         yield backbone_inputs(make_sample("synthetic", seed=seed))
 
@@ -273,7 +260,7 @@ def collect_statistics(
     activations = _activation_quantizers(model)
     if not activations:
         raise ValueError("the model has no quantizers; run quantize_camera first")
-    with _quiet():
+    with quiet_logs():
         for q in every:
             q.disable_quant()
         for q in activations:
@@ -286,7 +273,7 @@ def collect_statistics(
             split(img, depth)
             seen += 1
     finally:
-        with _quiet():
+        with quiet_logs():
             for q in every:
                 q.enable_quant()
             for q in activations:
@@ -414,7 +401,10 @@ def load_calibration(model: nn.Module, path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such calibration file")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError … for files it cannot read
+        raise ValueError(f"{path}: not a bevnb calibration file ({type(exc).__name__})") from None
     if not isinstance(saved, dict) or not isinstance(saved.get("amax"), dict):
         raise ValueError(f"{path}: not a bevnb calibration file (expected a dict with 'amax')")
     if saved.get("weights") != state_digest(model, skip_amax=True):
@@ -505,7 +495,7 @@ def placement_table(model: CameraBranch) -> Table:
             rows.append((name, role, "float", "", "", weight))
             continue
         group = names[id(quantizer)]
-        label = _short(group[0]) if len(group) > 1 else "own"
+        label = quantizer_owner(group[0]) if len(group) > 1 else "own"
         rows.append((name, role, label, len(group), _amax_text(quantizer.amax), weight))
     return Table(
         rows,
@@ -518,7 +508,7 @@ def shared_table(model: CameraBranch) -> Table:
     """The quantizers with more than one user, under their first name: one scale for every tensor that meets in an
     Add or a Concat, so TensorRT needs no reformat between them."""
     rows = [
-        (_short(names[0]), ", ".join(_short(n) for n in names[1:]))
+        (quantizer_owner(names[0]), ", ".join(quantizer_owner(n) for n in names[1:]))
         for names in quantizer_names(model).values()
         if len(names) > 1
     ]
@@ -537,7 +527,9 @@ def _site(name: str, m: nn.Module) -> tuple[str, TensorQuantizer | None, str] | 
     return None
 
 
-def _short(quantizer_name: str) -> str:
+def quantizer_owner(quantizer_name: str) -> str:
+    """The module an input quantizer belongs to: ``backbone.layer3.0.conv1`` for
+    ``backbone.layer3.0.conv1._input_quantizer`` (other names are returned as they are)."""
     return quantizer_name.removesuffix("._input_quantizer")
 
 
@@ -547,183 +539,3 @@ def _amax_text(amax: Tensor | None) -> str:
     if amax.numel() == 1:
         return f"{amax.item():.4g}"
     return f"{amax.min().item():.3g} … {amax.max().item():.3g}"
-
-
-# --- accuracy ----------------------------------------------------------------------------------------------------
-
-
-def ort_session(path: str | Path, extra_outputs: Iterable[str] = (), optimize: bool = True):
-    """An ONNX Runtime session on the graph at ``path`` (``pipeline.onnx_providers``: CUDA when there is one), with
-    ``extra_outputs`` (names of inner tensors) added to the graph's outputs. ``optimize=False`` turns off ORT's
-    graph rewrites, so it runs QuantizeLinear/DequantizeLinear/Conv as written instead of fusing them into int8
-    kernels."""
-    import onnx
-    import onnxruntime as ort
-
-    graph = onnx.load(str(path))
-    for name in extra_outputs:
-        graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(graph.SerializeToString(), options, providers=onnx_providers())
-
-
-def block_names(model: CameraBranch) -> list[str]:
-    """The 16 Bottlenecks of the backbone: ``layer1.0`` … ``layer4.2``."""
-    return [name for name, m in model.backbone.named_modules() if isinstance(m, Bottleneck)]
-
-
-def block_output_tensor(block: str) -> str:
-    """The name the TorchScript exporter gives a Bottleneck's output in ``camera.backbone.onnx``:
-    ``/backbone/layer1/layer1.0/relu_2/Relu_output_0`` for ``layer1.0``."""
-    return f"/backbone/{block.split('.')[0]}/{block}/relu_2/Relu_output_0"
-
-
-@torch.no_grad()
-def backbone_outputs(
-    model: CameraBranch, img: Tensor, depth: Tensor, session=None, blocks: bool = False
-) -> dict[str, dict[str, Tensor]]:
-    """The graph outputs ``camera_feature [N, fH, fW, C]`` and ``camera_depth_weights [N, D, fH, fW]`` computed
-    three ways: ``fp32`` (quantizers off), ``fake-quant`` (PyTorch, pytorch-quantization's fake quant) and, given
-    a session on the int8 graph, ``onnxruntime``. With ``blocks``, every Bottleneck output too (by block name; the
-    session must then have been made with ``extra_outputs=map(block_output_tensor, block_names(model))``)."""
-    split = SubclassCameraModule(model).eval()
-    names = block_names(model) if blocks else []
-    captured: dict[str, Tensor] = {}
-    hooks = [
-        model.backbone.get_submodule(n).register_forward_hook(lambda m, args, output, n=n: captured.update({n: output}))
-        for n in names
-    ]
-    out = {}
-    try:
-        for way, mode in (("fp32", quantization_disabled(model)), ("fake-quant", _quiet())):
-            with mode:
-                feat, depth_weights = split(img, depth)
-            out[way] = {OUTPUTS[0]: feat, OUTPUTS[1]: depth_weights, **captured}
-            captured.clear()
-    finally:
-        for hook in hooks:
-            hook.remove()
-    if session is not None:
-        arrays = session.run([*OUTPUTS, *map(block_output_tensor, names)], {"img": img.numpy(), "depth": depth.numpy()})
-        out["onnxruntime"] = {k: torch.from_numpy(a) for k, a in zip([*OUTPUTS, *names], arrays, strict=True)}
-    return out
-
-
-COMPARISONS = (("fake-quant", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fake-quant"))
-
-
-@dataclass
-class Int8Accuracy:
-    """What int8 costs, worst case over the evaluated scenes.
-
-    ``table``: per comparison (``COMPARISONS``, test vs reference) and tensor (``camera_feature``,
-    ``camera_depth_weights``, ``bev`` pooled ``[1, 80, 360, 360]``): cosine, SQNR (dB), max |Δ|, max |Δ| / max |ref|;
-    ``block_sqnr``: per comparison, the SQNR (dB) at each Bottleneck output (``blocks``) of the first camera:
-    how the difference grows through the backbone."""
-
-    table: Table
-    blocks: list[str]
-    block_sqnr: dict[str, list[float]]
-
-
-def evaluate_int8(
-    model: CameraBranch, int8_onnx: str | Path, samples: Iterable[dict], progress: bool = True
-) -> Int8Accuracy:
-    """fp32 PyTorch vs fake-quant PyTorch vs ONNX Runtime on the int8 graph, on sample dicts (held-out synthetic
-    scenes): both graph outputs, the BEV after pooling (``bev_pool``, torch backend) and every block output."""
-    from tqdm import tqdm
-
-    names = block_names(model)
-    session = ort_session(int8_onnx, extra_outputs=map(block_output_tensor, names))
-    worst: dict[tuple[str, str], dict[str, float]] = {}
-    for sample in tqdm(samples, desc="evaluating", unit="scene", disable=not progress):
-        out = backbone_outputs(model, *backbone_inputs(sample, model.config), session, blocks=True)
-        plan = plan_bev_pool(sample, model.config)
-        for tensors in out.values():
-            tensors["bev"] = bev_pool(tensors[OUTPUTS[1]], tensors[OUTPUTS[0]], plan)
-        for test, ref in COMPARISONS:
-            for tensor in (*OUTPUTS, "bev", *names):
-                first = slice(None) if tensor in (*OUTPUTS, "bev") else slice(0, 1)  # blocks: camera 0 (speed)
-                m = compare(out[ref][tensor][first], out[test][tensor][first])
-                w = worst.setdefault((f"{test} vs {ref}", tensor), m)
-                for key, pick in (("cosine", min), ("sqnr_db", min), ("max_abs", max), ("rel", max)):
-                    w[key] = pick(w[key], m[key])
-    if not worst:
-        raise ValueError("evaluate_int8 needs at least one sample, got none")
-    rows = [
-        (pair, tensor, m["cosine"], m["sqnr_db"], m["max_abs"], m["rel"])
-        for (pair, tensor), m in worst.items()
-        if tensor not in names
-    ]
-    table = Table(
-        rows,
-        ("comparison", "tensor", "cosine", "SQNR (dB)", "max |Δ|", "max |Δ| / max |ref|"),
-        title="int8 accuracy (worst over the held-out scenes)",
-    )
-    block_sqnr = {f"{t} vs {r}": [worst[(f"{t} vs {r}", n)]["sqnr_db"] for n in names] for t, r in COMPARISONS}
-    return Int8Accuracy(table, names, block_sqnr)
-
-
-# --- figures -----------------------------------------------------------------------------------------------------
-
-
-def plot_fake_quant(x: Tensor, amax: float, num_bits: int = 8) -> Figure:
-    """A 2-D tensor ``[H, W]`` next to its int8 codes ``clamp(round(x / s), −2^(b−1), 2^(b−1) − 1)`` with
-    ``s = amax / (2^(b−1) − 1)`` and the error ``x − s·code`` (in steps): what one Q/DQ pair does."""
-    bound = 2 ** (num_bits - 1) - 1
-    step = amax / bound
-    codes = torch.clamp(torch.round(x / step), -bound - 1, bound)
-    error = (x - codes * step) / step
-    fig = Figure(figsize=(13, 3.6), layout="constrained")
-    axes = fig.subplots(1, 3)
-    panels = (
-        (x, f"float x {list(x.shape)}", "RdBu_r", amax),
-        (codes, f"int8 codes (scale s = amax/{bound} = {step:.4g})", "RdBu_r", bound + 1),
-        (error, "error x − s·code, in steps (|·| ≤ 0.5 unless clipped)", "PuOr", 1.0),
-    )
-    for ax, (data, title, cmap, limit) in zip(axes, panels, strict=True):
-        image = ax.imshow(data, cmap=cmap, vmin=-limit, vmax=limit)
-        ax.set_title(title, fontsize=10)
-        ax.set_axis_off()
-        fig.colorbar(image, ax=ax, shrink=0.8)
-    fig.suptitle(f"fake quant, {num_bits} bits, amax = {amax:.4g}")
-    return fig
-
-
-def plot_amax_choices(model: CameraBranch, names: Sequence[str], percentile: float = 99.99) -> Figure:
-    """For each named activation quantizer: the histogram of |x| its calibrator collected, and the amax that
-    ``max``, ``percentile`` and ``mse`` pick from it (the one in use is the calibrated ``amax``)."""
-    fig = Figure(figsize=(6.5 * len(names), 3.8), layout="constrained")
-    for ax, name in zip(fig.subplots(1, len(names), squeeze=False)[0], names, strict=True):
-        q = model.get_submodule(name)
-        hist, edges = q._calibrator._calib_hist, q._calibrator._calib_bin_edges
-        if hist is None:
-            raise ValueError(f"{name} has no histogram: calibrate the model first")
-        hist, edges = torch.as_tensor(hist).float().cpu(), torch.as_tensor(edges).float().cpu()
-        ax.stairs(hist.clamp(min=0.5), edges, fill=True, color="0.75")
-        choices = {
-            "max": edges[int(torch.nonzero(hist).max()) + 1],
-            f"percentile {percentile}": percentile_amax(hist, edges, percentile),
-            "mse": mse_amax(hist, edges),
-        }
-        for (label, amax), color in zip(choices.items(), ("tab:red", "tab:orange", "tab:blue"), strict=True):
-            ax.axvline(float(amax), color=color, label=f"{label}: {float(amax):.3g}")
-        ax.set(yscale="log", xlabel="|x|", ylabel="count", title=f"{_short(name)} (amax in use {q.amax.item():.3g})")
-        ax.legend(fontsize=8)
-    return fig
-
-
-def plot_block_sqnr(accuracy: Int8Accuracy) -> Figure:
-    """SQNR (dB) after every Bottleneck for each comparison: how quantization noise, and the difference between
-    two int8 implementations, build up through the backbone."""
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
-    ax = fig.subplots()
-    for (label, values), style in zip(accuracy.block_sqnr.items(), ("-o", "--s", "-^"), strict=True):
-        ax.plot(accuracy.blocks, values, style, label=label)
-    ax.set(xlabel="backbone block output", ylabel="SQNR (dB)", title="where the difference builds up")
-    ax.tick_params(axis="x", rotation=60)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return fig

@@ -3,6 +3,9 @@
 The camera branch is cut where MIT BEVFusion would take the outer product ``depth ⊗ feat`` and pool it. What comes
 before the cut becomes ``camera.backbone.onnx``; the outer product and the pooling are fused into one bev_pool kernel;
 the downsample after it becomes ``camera.vtransform.onnx``.
+
+This module also owns the split's interface, the names CUDA-BEVFusion's runtime binds (``camera-backbone.cu``,
+``camera-vtransform.cu``): the two file names and each graph's ``(input names, output names)``.
 """
 
 from __future__ import annotations
@@ -10,6 +13,11 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .model import CameraBranch
+
+BACKBONE_FILE = "camera.backbone.onnx"
+VTRANSFORM_FILE = "camera.vtransform.onnx"
+BACKBONE_IO = (("img", "depth"), ("camera_feature", "camera_depth_weights"))
+VTRANSFORM_IO = (("feat_in",), ("feat_out",))
 
 
 class SubclassCameraModule(nn.Module):

@@ -8,7 +8,9 @@ IPython's PNG formatter for Figure). Chapters append their figure functions at t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 import torch
@@ -21,6 +23,12 @@ from .data import denormalize_image
 from .geometry import BevPoolPlan, create_frustum, get_geometry
 from .oracle import BOX_CHANNEL0, FOOTPRINT_MARGIN_M, OracleLift
 from .scene import CLASS_NAMES, box_corners, load_rig
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from .model import CameraBranch
+    from .validation import Int8Accuracy
 
 # nuScenes' usual picture: front cameras on top, back cameras below, each row left to right as seen from the car
 MOSAIC_LAYOUT = (("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT"), ("CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"))
@@ -281,4 +289,70 @@ def oracle_bev(lift: OracleLift, config: CameraConfig = R50) -> Figure:
     reach = lift.boxes[:, :2].abs().max().item() + 6.0  # zoom to where the boxes are
     for ax in (left, right):
         ax.set(xlim=(-reach, reach), ylim=(-reach, reach))
+    return fig
+
+
+# --- int8 (chapter 04) ------------------------------------------------------------------------------------------------
+
+
+def plot_fake_quant(x: Tensor, amax: float, num_bits: int = 8) -> Figure:
+    """A 2-D tensor ``[H, W]`` next to its int8 codes ``clamp(round(x / s), −2^(b−1), 2^(b−1) − 1)`` with
+    ``s = amax / (2^(b−1) − 1)`` and the error ``x − s·code`` (in steps): what one Q/DQ pair does."""
+    bound = 2 ** (num_bits - 1) - 1
+    step = amax / bound
+    codes = torch.clamp(torch.round(x / step), -bound - 1, bound)
+    error = (x - codes * step) / step
+    fig = Figure(figsize=(13, 3.6), layout="constrained")
+    axes = fig.subplots(1, 3)
+    panels = (
+        (x, f"float x {list(x.shape)}", "RdBu_r", amax),
+        (codes, f"int8 codes (scale s = amax/{bound} = {step:.4g})", "RdBu_r", bound + 1),
+        (error, "error x − s·code, in steps (|·| ≤ 0.5 unless clipped)", "PuOr", 1.0),
+    )
+    for ax, (data, title, cmap, limit) in zip(axes, panels, strict=True):
+        image = ax.imshow(data, cmap=cmap, vmin=-limit, vmax=limit)
+        ax.set_title(title, fontsize=10)
+        ax.set_axis_off()
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.suptitle(f"fake quant, {num_bits} bits, amax = {amax:.4g}")
+    return fig
+
+
+def plot_amax_choices(model: CameraBranch, names: Sequence[str], percentile: float = 99.99) -> Figure:
+    """For each named activation quantizer: the histogram of |x| its calibrator collected, and the amax that
+    ``max``, ``percentile`` and ``mse`` pick from it (the one in use is the calibrated ``amax``)."""
+    from .quant import mse_amax, percentile_amax, quantizer_owner  # pytorch-quantization loads only for this figure
+
+    fig = Figure(figsize=(6.5 * len(names), 3.8), layout="constrained")
+    for ax, name in zip(fig.subplots(1, len(names), squeeze=False)[0], names, strict=True):
+        q = model.get_submodule(name)
+        hist, edges = q._calibrator._calib_hist, q._calibrator._calib_bin_edges
+        if hist is None:
+            raise ValueError(f"{name} has no histogram: calibrate the model first")
+        hist, edges = torch.as_tensor(hist).float().cpu(), torch.as_tensor(edges).float().cpu()
+        ax.stairs(hist.clamp(min=0.5), edges, fill=True, color="0.75")
+        choices = {
+            "max": edges[int(torch.nonzero(hist).max()) + 1],
+            f"percentile {percentile}": percentile_amax(hist, edges, percentile),
+            "mse": mse_amax(hist, edges),
+        }
+        for (label, amax), color in zip(choices.items(), ("tab:red", "tab:orange", "tab:blue"), strict=True):
+            ax.axvline(float(amax), color=color, label=f"{label}: {float(amax):.3g}")
+        title = f"{quantizer_owner(name)} (amax in use {q.amax.item():.3g})"
+        ax.set(yscale="log", xlabel="|x|", ylabel="count", title=title)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def plot_block_sqnr(accuracy: Int8Accuracy) -> Figure:
+    """SQNR (dB) after every Bottleneck for each comparison: how quantization noise, and the difference between
+    two int8 implementations, build up through the backbone."""
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    ax = fig.subplots()
+    for (label, values), style in zip(accuracy.block_sqnr.items(), ("-o", "--s", "-^"), strict=True):
+        ax.plot(accuracy.blocks, values, style, label=label)
+    ax.set(xlabel="backbone block output", ylabel="SQNR (dB)", title="where the difference builds up")
+    ax.tick_params(axis="x", rotation=60)
+    ax.grid(alpha=0.3)
+    ax.legend()
     return fig

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..bevpool import bev_pool
 from ..config import R50, CameraConfig
-from ..geometry import depth_map_from_points, plan_bev_pool
+from ..geometry import depth_map, plan_bev_pool
 from .checkpoint import CameraCheckpoint, load_camera_state, read_checkpoint
 from .fold import fold_batchnorm
 from .neck import GeneralizedLSSFPN
@@ -21,8 +21,8 @@ class CameraBranch(nn.Module):
     """``encoders.camera`` of BEVFusion: ``backbone`` (ResNet50), ``neck`` (GeneralizedLSSFPN), ``vtransform``
     (DepthLSSTransform). ``state_dict()`` keys are the upstream ones below ``encoders.camera.``.
 
-    The monolithic forward is MIT's ``extract_camera_features`` for one sample: images + lidar points + matrices →
-    BEV ``[1, 80, 180, 180]``.
+    ``forward(sample)`` is MIT's ``extract_camera_features`` for one sample dict (images + lidar points + matrices)
+    → BEV ``[1, 80, 180, 180]``; ``forward_stages(sample)`` returns every stage on the way.
     """
 
     def __init__(self, config: CameraConfig = R50) -> None:
@@ -51,17 +51,11 @@ class CameraBranch(nn.Module):
         vt = self.vtransform
         levels = self.backbone(img.flatten(0, 1))
         neck = self.neck(levels)[0]
-        depth_map = depth_map_from_points(
-            sample["points"],
-            sample["lidar2image"],
-            sample["img_aug_matrix"],
-            sample["lidar_aug_matrix"],
-            self.config.image_size,
-        )
+        depth = depth_map(sample, self.config)
         seen: dict[str, Tensor] = {}
         hook = vt.dtransform.register_forward_hook(lambda module, args, out: seen.update(dtransform=out))
         try:
-            depth_weights, features = vt.depth_and_features(neck, depth_map.flatten(0, 1))
+            depth_weights, features = vt.depth_and_features(neck, depth.flatten(0, 1))
         finally:
             hook.remove()
         bev = bev_pool(depth_weights, features, plan_bev_pool(sample, self.config))
@@ -70,7 +64,7 @@ class CameraBranch(nn.Module):
             "layer3": levels[1],
             "layer4": levels[2],
             "neck": neck,
-            "depth_map": depth_map,
+            "depth_map": depth,
             "dtransform": seen["dtransform"],
             "depth_weights": depth_weights,
             "features": features,
@@ -78,23 +72,8 @@ class CameraBranch(nn.Module):
             "bev_downsampled": vt.downsample(bev),
         }
 
-    def forward(
-        self,
-        img: Tensor,
-        points: list[Tensor],
-        lidar2image: Tensor,
-        camera_intrinsics: Tensor,
-        camera2lidar: Tensor,
-        img_aug_matrix: Tensor,
-        lidar_aug_matrix: Tensor,
-    ) -> Tensor:
-        """Monolithic forward → BEV ``[1, C, X/2, Y/2]`` = ``[1, 80, 180, 180]``."""
-        sample = dict(img=img, points=points, lidar2image=lidar2image, camera_intrinsics=camera_intrinsics)
-        sample.update(camera2lidar=camera2lidar, img_aug_matrix=img_aug_matrix, lidar_aug_matrix=lidar_aug_matrix)
-        return self.forward_stages(sample)["bev_downsampled"]
-
-    def forward_sample(self, sample: dict) -> Tensor:
-        """``forward`` with its arguments taken from a sample dict (other keys are ignored)."""
+    def forward(self, sample: dict) -> Tensor:
+        """Monolithic forward of a sample dict → BEV ``[1, C, X/2, Y/2]`` (``[1, 80, 180, 180]`` for R50)."""
         return self.forward_stages(sample)["bev_downsampled"]
 
 

@@ -57,7 +57,7 @@ def read_checkpoint(path: str | Path) -> CameraCheckpoint:
         obj = _restricted_load(path)
         return _from_module_pickle(path, obj)
     except Exception as exc:  # truncated zip, text, random bytes: torch raises many types; all mean "bad file"
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_error_summary(exc)})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         return _from_flat(path, "mit", obj["state_dict"])
     if isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values()):
@@ -170,7 +170,7 @@ def _restricted_load(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickle)
     except Exception as exc:  # any failure of a foreign pickle is a bad file, never a crash
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_error_summary(exc)})") from None
 
 
 def _module_tensors(obj: object, prefix: str, out: dict[str, Tensor], seen: set[tuple[int, str]]) -> None:
@@ -199,6 +199,6 @@ def _from_module_pickle(path: Path, obj: object) -> CameraCheckpoint:
     return _from_flat(path, "ptq", camera)
 
 
-def _first_line(exc: BaseException) -> str:
+def _error_summary(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
