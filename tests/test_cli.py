@@ -8,6 +8,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from bevnb import paths
 from bevnb.cli import main
 
 
@@ -71,3 +72,10 @@ def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path, monkey
 
 def test_bench_bevpool_rejects_bad_options_with_exit_2(capsys):
     assert main(["bench", "bevpool", "--backends", "nope"]) == 2
+
+
+def test_bench_without_a_checkout_exits_2_with_one_line(capsys, monkeypatch):
+    monkeypatch.setattr(paths, "CHECKOUT", None)  # a non-editable install: no benchmarks/ folder
+    assert main(["bench", "bevpool"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "bevnb bench: error: the benchmark runs from a checkout (benchmarks/bev_pool.py); this bevnb has none"

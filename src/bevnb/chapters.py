@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from .paths import REPO_ROOT, build_dir
+from .paths import CHECKOUT, build_dir
 
-NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+NOTEBOOK_DIR = (CHECKOUT or Path.cwd()) / "notebooks"  # the checkout's chapters, else ./notebooks
 BUDGET_S = 120.0  # per chapter, on a 2-core CPU
 
 CHAPTERS = (
@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="where executed copies go (default build/notebooks)")
     args = parser.parse_args(argv)
     names = args.names or available()
+    if not names:
+        print(f"no chapter notebooks in {NOTEBOOK_DIR}: run from a bevnb checkout", file=sys.stderr)
+        return 2
     unknown = sorted(set(names) - set(CHAPTERS))
     if unknown:
         print(f"unknown chapter(s): {', '.join(unknown)}; chapters are {', '.join(CHAPTERS)}", file=sys.stderr)
