@@ -38,11 +38,13 @@ def execute(name: str, out_dir: Path, timeout: float = 4 * BUDGET_S) -> float:
     ``out_dir``, and return the wall time in seconds. A failing cell raises ``nbclient`` 's CellExecutionError."""
     import nbformat
     from nbclient import NotebookClient
+    from traitlets.config import Config
 
     nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
-    client = NotebookClient(
-        nb, timeout=int(timeout), kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK_DIR)}}
-    )
+    # CurveZMQ keys for the kernel's TCP sockets: without them, ipykernel warns that nothing is encrypted.
+    config = Config({"KernelManager": {"transport_encryption": "auto"}})
+    resources = {"metadata": {"path": str(NOTEBOOK_DIR)}}
+    client = NotebookClient(nb, timeout=int(timeout), kernel_name="python3", resources=resources, config=config)
     start = time.perf_counter()
     try:
         client.execute()
