@@ -8,14 +8,12 @@ GPU the compiled kernels may fuse multiply-adds (interval kernel) or add in any 
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bevnb.bevpool import BACKENDS, bench, bev_pool, resolve_backend
+from bevnb.bevpool import BACKENDS, bev_pool, compare, resolve_backend
 from bevnb.bevpool.triton_kernels import INTERPRETED
 from bevnb.config import CameraConfig
 from bevnb.data import make_sample
@@ -192,57 +190,20 @@ def test_bad_inputs_are_rejected(shapes, dtypes, message):
         bev_pool(depth, feat, plan)
 
 
-def test_bytes_moved_counts_each_tensor_once():
-    geometry = torch.tensor([[0.5, 0.5, 0.5], [0.5, 0.5, 0.5], [1.5, 0.5, 0.5], [9.0, 0.5, 0.5]]).view(1, 2, 1, 2, 3)
-    plan = plan_from_geometry(geometry, unit_grid(3, 2, 1, 4))  # 3 points kept, from 2 feature rows, 2 cells
-    assert (plan.num_points, plan.num_intervals, plan.ranks_feat.unique().numel()) == (3, 2, 2)
-    # fp16: 3 weights + 2 rows × 4 channels + 4 × 3 × 2 outputs, 2 bytes each; int32: 2 × 3 ranks + 3 × 2 per cell
-    assert bench.bytes_moved(plan, torch.float16) == 2 * (3 + 8 + 24) + 4 * (6 + 6)
-    assert bench.bytes_moved(plan, torch.float32) == 4 * (3 + 8 + 24) + 4 * (6 + 6)
-
-
-def test_benchmark_writes_json_named_by_device(tmp_path):
-    sample = make_sample("zeros")
-    result = bench.run_benchmark(
-        sample,
-        backends=("torch", "triton-atomic"),
-        dtypes=("float16",),
-        repeat=1,
-        scaling_strides=(4, 2),
-        cell_stride=500,
-    )
-    path = bench.write_results(result, tmp_path)
-    assert path.name == f"{bench.device_slug(DEVICE)}.json"
-    stored = json.loads(path.read_text())
-    workload = stored["workload"]
-    plan = plan_bev_pool(sample)
-    assert workload["cell_stride"] == 500 and workload["cells_hit"] == len(range(0, plan.num_intervals, 500))
-    assert workload["candidate_points"] == 1_993_728 and workload["plan_seconds"] > 0
-    assert [(r["backend"], r["dtype"]) for r in stored["results"]] == [
-        ("torch", "float16"),
-        ("triton-atomic", "float16"),
-    ]
-    for row in stored["results"]:
-        assert row["points"] == workload["kept_points"]
-        assert row["max_abs_err"] == 0.0 or not INTERPRETED
-        assert row["gb_per_s"] == pytest.approx(row["bytes_moved"] / row["us"] / 1e3)
-        assert row["fraction_of_copy"] == pytest.approx(row["gb_per_s"] / stored["copy_gb_per_s"])
-    points = [r["points"] for r in stored["scaling"]]
-    assert points[0] == points[1] < points[2] == points[3] < workload["kept_points"]
-    assert "bev_pool on" in str(bench.results_table(stored)) and "points" in str(bench.scaling_table(stored))
-
-
-def test_benchmark_rejects_unknown_names():
-    with pytest.raises(ValueError, match="backends must be among"):
-        bench.run_benchmark(backends=("cuda",))
-    with pytest.raises(ValueError, match="dtypes must be among"):
-        bench.run_benchmark(dtypes=("bfloat16",))
+def test_canonical_inputs_have_the_backbone_outputs_shapes():
+    plan = plan_from_geometry(torch.rand(2, 3, 2, 4, 3) * 4, unit_grid(4, 4, 1, 8))
+    depth, feat = compare.canonical_inputs(plan, torch.float16, DEVICE)
+    assert (depth.shape, feat.shape) == ((2, 3, 2, 4), (2, 2, 4, 8))
+    assert depth.dtype == feat.dtype == torch.float16 and depth.device.type == feat.device.type == DEVICE.type
+    torch.testing.assert_close(depth.float().sum(1), torch.ones(2, 2, 4, device=DEVICE), atol=2e-3, rtol=0)  # softmax
+    assert torch.equal(feat, compare.canonical_inputs(plan, torch.float16, DEVICE)[1])  # same seed, same numbers
+    assert not torch.equal(feat, compare.canonical_inputs(plan, torch.float16, DEVICE, seed=1)[1])
 
 
 def test_compare_backends_reports_bit_identical_kernels():
     plan = plan_from_geometry(torch.rand(2, 3, 2, 4, 3) * 4, unit_grid(4, 4, 1, 8))
     depth, feat = inputs(2, 3, 2, 4, 8, torch.float16)
-    table = bench.compare_backends(depth, feat, plan)
+    table = compare.compare_backends(depth, feat, plan)
     assert [row[0] for row in table.rows] == ["naive", "triton-interval", "triton-atomic"]
     assert all(row[2] == "torch.float16" and row[3] == f"{plan.num_points:,}" for row in table.rows)
     if INTERPRETED:

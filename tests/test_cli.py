@@ -8,6 +8,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from bevnb import paths
 from bevnb.cli import main
 
 
@@ -85,3 +86,10 @@ def test_export_int8_with_a_bad_calibration_file_exits_2_with_one_line(content, 
     err = capsys.readouterr().err.strip()
     assert err == f"bevnb export: error: {bad}: {message}"
     assert not (tmp_path / "camera.backbone.onnx").exists()
+
+
+def test_bench_without_a_checkout_exits_2_with_one_line(capsys, monkeypatch):
+    monkeypatch.setattr(paths, "CHECKOUT", None)  # a non-editable install: no benchmarks/ folder
+    assert main(["bench", "bevpool"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "bevnb bench: error: the benchmark runs from a checkout (benchmarks/bev_pool.py); this bevnb has none"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import tomllib
 import yaml
 
-from bevnb.paths import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pyproject() -> dict:

@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from .paths import REPO_ROOT, build_dir
+from .paths import CHECKOUT, build_dir
 
-NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+NOTEBOOK_DIR = (CHECKOUT or Path.cwd()) / "notebooks"  # the checkout's chapters, else ./notebooks
 BUDGET_S = 120.0  # per chapter, on a 2-core CPU
 
 CHAPTERS = (
@@ -38,11 +38,13 @@ def execute(name: str, out_dir: Path, timeout: float = 4 * BUDGET_S) -> float:
     ``out_dir``, and return the wall time in seconds. A failing cell raises ``nbclient`` 's CellExecutionError."""
     import nbformat
     from nbclient import NotebookClient
+    from traitlets.config import Config
 
     nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
-    client = NotebookClient(
-        nb, timeout=int(timeout), kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK_DIR)}}
-    )
+    # CurveZMQ keys for the kernel's TCP sockets: without them, ipykernel warns that nothing is encrypted.
+    config = Config({"KernelManager": {"transport_encryption": "auto"}})
+    resources = {"metadata": {"path": str(NOTEBOOK_DIR)}}
+    client = NotebookClient(nb, timeout=int(timeout), kernel_name="python3", resources=resources, config=config)
     start = time.perf_counter()
     try:
         client.execute()
@@ -58,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="where executed copies go (default build/notebooks)")
     args = parser.parse_args(argv)
     names = args.names or available()
+    if not names:
+        print(f"no chapter notebooks in {NOTEBOOK_DIR}: run from a bevnb checkout", file=sys.stderr)
+        return 2
     unknown = sorted(set(names) - set(CHAPTERS))
     if unknown:
         print(f"unknown chapter(s): {', '.join(unknown)}; chapters are {', '.join(CHAPTERS)}", file=sys.stderr)

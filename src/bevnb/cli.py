@@ -4,7 +4,7 @@
                  [--calib-samples N] [--calibration FILE]
     bevnb inspect FILE.onnx
     bevnb validate [--precision fp16 int8] [--onnx-dir DIR] [--samples N] [--backend B] [--example-data DIR]
-    bevnb bench bevpool [benchmark options, see `bevnb bench bevpool --help`]
+    bevnb bench bevpool [benchmark options, see `bevnb bench bevpool --help`]   (from a checkout)
 
 Every command exits 2 with a one-line reason on bad input; ``validate`` exits 1 when a tolerance is broken.
 """
@@ -117,9 +117,15 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bevpool.bench import main as bench_main
+    """Run the checkout's ``benchmarks/bev_pool.py``: the harness is not part of the installed package."""
+    import runpy
 
-    return bench_main(args.options)
+    from .paths import CHECKOUT
+
+    script = CHECKOUT / "benchmarks" / "bev_pool.py" if CHECKOUT else None
+    if script is None or not script.is_file():
+        raise FileNotFoundError("the benchmark runs from a checkout (benchmarks/bev_pool.py); this bevnb has none")
+    return runpy.run_path(str(script))["main"](args.options)
 
 
 if __name__ == "__main__":

@@ -203,7 +203,7 @@ def interval_length_histogram(plan: BevPoolPlan) -> Figure:
 
 
 def bev_pool_scaling(results: list[dict]) -> Figure:
-    """Time against the number of points for each backend (log-log), from ``bevnb.bevpool.bench`` results; one
+    """Time against the number of points for each backend (log-log), from ``benchmarks/bev_pool.py`` results; one
     line style per device when several results are given."""
     fig = Figure(figsize=(8.0, 4.8), layout="constrained")
     ax = fig.subplots()
