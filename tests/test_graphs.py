@@ -1,5 +1,5 @@
-"""bevnb.graphs: summaries, Q/DQ table, module tree, drawing, diff, Netron server — on tiny graphs exported here
-(fast), then on the real camera exports (slow)."""
+"""bevnb.graphs (summaries, quantized tensors, module tree, diff), bevnb.drawing and bevnb.netron_view's server — on
+tiny graphs exported here (fast), then on the real camera exports (slow)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 from torch import nn
 
-from bevnb import graphs
+from bevnb import drawing, graphs, netron_view
 from bevnb.export import trace_to_onnx
 from bevnb.subclass import BACKBONE_FILE, VTRANSFORM_FILE
 
@@ -100,8 +101,8 @@ def quantized() -> tuple[TwoQuantConvs, onnx.ModelProto, onnx.ModelProto]:
     return module, float_graph, int8_graph
 
 
-def _svg(drawing: graphs.Svg) -> ET.Element:
-    root = ET.fromstring(drawing.text)
+def _svg(svg: drawing.Svg) -> ET.Element:
+    root = ET.fromstring(svg.text)
     assert root.tag == f"{SVG}svg"
     assert float(root.get("width")) > 0 and float(root.get("height")) > 0
     return root
@@ -207,7 +208,7 @@ def test_load_rejects_missing_and_non_onnx_files(tmp_path):
 
 
 def test_draw_nodes_of_a_small_graph(tiny):
-    root = _svg(graphs.draw(tiny[1]))
+    root = _svg(drawing.draw(tiny[1]))
     texts = _texts(root)
     assert sum(t.startswith("Conv") for t in texts) == 4
     assert {
@@ -222,18 +223,18 @@ def test_draw_nodes_of_a_small_graph(tiny):
 
 
 def test_draw_parts_names_them_and_labels_edges_with_shapes(tiny):
-    texts = _texts(_svg(graphs.draw(tiny[1], depth=1)))
+    texts = _texts(_svg(drawing.draw(tiny[1], depth=1)))
     assert set(BACKBONE_PARTS) <= set(texts)
     assert "[2, 8, 8, 16]" in texts  # neck → depthnet
     assert "[2, 8, 16, 3]" in texts  # the camera_feature output box
 
 
 def test_draw_a_module_and_reject_an_unknown_one(tiny):
-    texts = _texts(_svg(graphs.draw(tiny[1], module="depthnet")))
+    texts = _texts(_svg(drawing.draw(tiny[1], module="depthnet")))
     assert {"Concat", "Conv 1×1", "[2, 4, 8, 16]", "[2, 8, 8, 16]"} <= set(texts)  # its glue op, its two inputs
     assert "Softmax axis 1" not in texts
     with pytest.raises(ValueError, match="no node under scope 'head'; the top-level scopes are backbone, neck"):
-        graphs.draw(tiny[1], module="head")
+        drawing.draw(tiny[1], module="head")
 
 
 # --- Q/DQ -------------------------------------------------------------------------------------------------------
@@ -241,7 +242,7 @@ def test_draw_a_module_and_reject_an_unknown_one(tiny):
 
 def test_qdq_table_scales_axes_and_kinds(quantized):
     module, _, int8 = quantized
-    rows = graphs.qdq_pairs(int8)
+    rows = graphs.quantized_tensors(int8)
     assert [(r.quantizer, r.kind, r.axis) for r in rows] == [
         ("conv1/_input_quantizer", "activation", None),
         ("conv1/_weight_quantizer", "weight", 0),
@@ -254,7 +255,76 @@ def test_qdq_table_scales_axes_and_kinds(quantized):
         np.testing.assert_allclose(row.scales, q.amax.detach().reshape(-1).numpy() / 127, rtol=1e-6)
     assert [len(r.scales) for r in rows] == [1, 8, 1, 4]
     assert {r.consumers for r in rows} == {("Conv",)} and {r.zero_point for r in rows} == {"int8"}
-    assert graphs.qdq_pairs(quantized[1]) == []
+    assert graphs.quantized_tensors(quantized[1]) == []
+
+
+def _shared_quantizer_graph() -> onnx.ModelProto:
+    """``x`` quantized twice with one scale (a shared quantizer called twice: two identical pairs, read by Conv and
+    Relu) and once with another scale, plus one per-channel weight."""
+    h = onnx.helper
+    inits = [
+        numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.float32(0.2), "s2"),
+        numpy_helper.from_array(np.int8(0), "z"), numpy_helper.from_array(np.ones((2, 3, 1, 1), np.float32), "w"),
+        numpy_helper.from_array(np.array([0.01, 0.02], np.float32), "ws"),
+        numpy_helper.from_array(np.zeros(2, np.int8), "wz"),
+    ]  # fmt: skip
+    nodes = [
+        h.make_node("QuantizeLinear", ["w", "ws", "wz"], ["qw"], "/conv/_weight_quantizer/QuantizeLinear", axis=0),
+        h.make_node("DequantizeLinear", ["qw", "ws", "wz"], ["dw"], "/conv/_weight_quantizer/DequantizeLinear", axis=0),
+    ]
+    for i, (scale, reader) in enumerate([("s", "Conv"), ("s", "Relu"), ("s2", "Sigmoid")]):
+        nodes += [
+            h.make_node("QuantizeLinear", ["x", scale, "z"], [f"q{i}"], f"/m{i}/_input_quantizer/QuantizeLinear"),
+            h.make_node(
+                "DequantizeLinear", [f"q{i}", scale, "z"], [f"d{i}"], f"/m{i}/_input_quantizer/DequantizeLinear"
+            ),
+            h.make_node(reader, [f"d{i}", "dw"] if reader == "Conv" else [f"d{i}"], [f"y{i}"], f"/m{i}/{reader}"),
+        ]
+    nodes.append(h.make_node("Sum", ["y0", "y1", "y2"], ["y"], "/Sum"))
+    x = h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])
+    y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2, 4, 4])
+    graph = h.make_graph(nodes, "shared", [x], [y], inits)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+
+
+def test_quantized_tensors_count_a_tensor_quantized_twice_alike_once():
+    model = _shared_quantizer_graph()
+    onnx.checker.check_model(model)
+    found = graphs.quantized_tensors(model)
+    assert [(t.tensor, t.kind, t.scales, t.pairs, t.consumers) for t in found] == [
+        ("w", "weight", (pytest.approx(0.01), pytest.approx(0.02)), 1, ("Conv",)),
+        ("x", "activation", (pytest.approx(0.1),), 2, ("Conv", "Relu")),
+        ("x", "activation", (pytest.approx(0.2),), 1, ("Sigmoid",)),
+    ]
+    assert found[1].quantizer == "m0/_input_quantizer"  # the first of the two pairs names it
+    assert graphs.count_quantized(model) == {"weights": 1, "activations": 2}
+    assert graphs.op_counts(model)["DequantizeLinear"] == 4
+    assert len(graphs.qdq_table(model).rows) == 3  # one row per quantized tensor
+
+
+def test_simplify_merges_identical_pairs_and_refuses_to_lose_a_quantized_tensor(monkeypatch):
+    import onnxsim
+
+    from bevnb.export import ExportError, simplify_graph
+
+    model = _shared_quantizer_graph()
+    simplified = simplify_graph(model)
+    assert graphs.op_counts(simplified)["DequantizeLinear"] == 3  # onnxsim merged the identical pair
+    assert set(graphs.quantized_tensors(simplified)) == set(graphs.quantized_tensors(model))
+
+    def drop_the_sigmoid_pair(graph: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+        out = onnx.ModelProto()
+        out.CopyFrom(graph)
+        kept = [n for n in out.graph.node if not n.name.startswith("/m2/_input_quantizer")]
+        next(n for n in kept if n.name == "/m2/Sigmoid").input[0] = "x"
+        del out.graph.node[:]
+        out.graph.node.extend(kept)
+        return out, True
+
+    monkeypatch.setattr(onnxsim, "simplify", drop_the_sigmoid_pair)
+    lost = r"changed the quantized tensors \(\{'weights': 1, 'activations': 2\} → \{'weights': 1, 'activations': 1\}"
+    with pytest.raises(ExportError, match=lost):
+        simplify_graph(model)
 
 
 def test_diff_float_to_int8_finds_the_qdq_pairs_and_nothing_else(quantized):
@@ -267,7 +337,7 @@ def test_diff_float_to_int8_finds_the_qdq_pairs_and_nothing_else(quantized):
         ("conv2", "activation → Conv"): 1, ("conv2", "weight → Conv"): 1,
     }  # fmt: skip
     assert d.parameters[1] - d.parameters[0] == 1 + 8 + 1 + 4  # the scales
-    assert "Q/DQ pairs added" in str(d) and "other nodes rewired: none" in str(d)
+    assert "quantized tensors added" in str(d) and "other nodes rewired: none" in str(d)
 
 
 def test_tables_put_the_graphs_side_by_side(quantized):
@@ -296,7 +366,7 @@ def test_diff_reports_a_changed_node(quantized):
 
 
 def test_draw_marks_qdq_nodes(quantized):
-    root = _svg(graphs.draw(quantized[2]))
+    root = _svg(drawing.draw(quantized[2]))
     orange = [r for r in root.iter(f"{SVG}rect") if r.get("fill") == "#fde2c8"]
     assert len(orange) == 8  # 4 QuantizeLinear + 4 DequantizeLinear
     assert "QuantizeLinear ×8 axis 0" in _texts(root)  # conv1's per-channel weight quantizer
@@ -310,7 +380,7 @@ def netron_env(monkeypatch):
     for name in ("BEVNB_NETRON_HOST", "BEVNB_NETRON_PORT", "BEVNB_NETRON_URL"):
         monkeypatch.delenv(name, raising=False)
     yield monkeypatch
-    graphs.stop_netron()
+    netron_view.stop_netron()
 
 
 def _get(url: str) -> bytes:
@@ -319,12 +389,12 @@ def _get(url: str) -> bytes:
 
 
 def test_netron_serves_the_file_on_loopback_and_reuses_its_server(tiny_file, netron_env):
-    url = graphs.show_in_netron(tiny_file)
+    url = netron_view.show_in_netron(tiny_file)
     assert url.startswith("http://127.0.0.1:")
     assert _get(f"{url}/data/{tiny_file.name}") == tiny_file.read_bytes()
     assert f'<meta name="file" content="/data/{tiny_file.name}">' in _get(url).decode()
-    assert graphs.show_in_netron(tiny_file) == url  # a re-run cell: same server, no new port
-    graphs.stop_netron()
+    assert netron_view.show_in_netron(tiny_file) == url  # a re-run cell: same server, no new port
+    netron_view.stop_netron()
     with pytest.raises(OSError):  # refused or reset: nothing listens there any more
         _get(url)
 
@@ -335,21 +405,21 @@ def test_netron_port_and_url_from_the_environment(tiny_file, netron_env):
         port = s.getsockname()[1]
     netron_env.setenv("BEVNB_NETRON_PORT", str(port))
     netron_env.setenv("BEVNB_NETRON_URL", "https://hub.example.org/user/me/proxy/{port}/")
-    assert graphs.show_in_netron(tiny_file) == f"https://hub.example.org/user/me/proxy/{port}/"
+    assert netron_view.show_in_netron(tiny_file) == f"https://hub.example.org/user/me/proxy/{port}/"
     assert _get(f"http://127.0.0.1:{port}/data/{tiny_file.name}") == tiny_file.read_bytes()
 
 
 def test_netron_returns_an_iframe_in_jupyter(tiny_file, netron_env):
     from IPython.display import IFrame
 
-    netron_env.setattr(graphs, "_in_jupyter", lambda: True)
-    frame = graphs.show_in_netron(tiny_file, height=450)
+    netron_env.setattr(netron_view, "_in_jupyter", lambda: True)
+    frame = netron_view.show_in_netron(tiny_file, height=450)
     assert isinstance(frame, IFrame) and frame.src.startswith("http://127.0.0.1:") and frame.height == 450
 
 
 def test_netron_rejects_a_missing_file(tmp_path, netron_env):
     with pytest.raises(ValueError, match="no such file"):
-        graphs.show_in_netron(tmp_path / "missing.onnx")
+        netron_view.show_in_netron(tmp_path / "missing.onnx")
 
 
 # --- the real camera exports (slow) -----------------------------------------------------------------------------
@@ -402,15 +472,15 @@ def test_describe_both_files(name, onnx_dirs):
 
 @pytest.mark.slow
 def test_drawings_of_both_files_name_their_parts(fp16, onnx_dirs):
-    assert set(BACKBONE_PARTS) <= set(_texts(_svg(graphs.draw(fp16))))
+    assert set(BACKBONE_PARTS) <= set(_texts(_svg(drawing.draw(fp16))))
     vtransform = graphs.load(onnx_dirs("fp16") / VTRANSFORM_FILE)
-    texts = _texts(_svg(graphs.draw(vtransform)))
+    texts = _texts(_svg(drawing.draw(vtransform)))
     assert {"feat_in", "feat_out", "Conv 3×3/2"} <= set(texts) and texts.count("Relu") == 3
 
 
 @pytest.mark.slow
 def test_int8_backbone_quantizes_every_conv_and_nothing_after_depthnet(fp16, int8):
-    rows = graphs.qdq_pairs(int8)
+    rows = graphs.quantized_tensors(int8)
     convs = graphs.op_counts(int8)["Conv"]
     weights = [r for r in rows if r.kind == "weight"]
     assert len(weights) == convs and {r.axis for r in weights} == {0}
@@ -421,6 +491,6 @@ def test_int8_backbone_quantizes_every_conv_and_nothing_after_depthnet(fp16, int
     assert d.io == [] and d.added == [] and d.removed == [] and d.rewired == []
     assert set(d.ops) <= {"QuantizeLinear", "DequantizeLinear", "Constant"}
     assert sum(n for (_, where), n in d.qdq.items() if where == "weight → Conv") == convs
-    assert set(BACKBONE_PARTS) <= set(_texts(_svg(graphs.draw(int8))))
+    assert set(BACKBONE_PARTS) <= set(_texts(_svg(drawing.draw(int8))))
     tree = graphs.describe(int8)
     assert "ResNet50 (backbone)" in tree and "Q/DQ" in tree

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import onnx
 import torch
-from onnx import numpy_helper
 from torch import nn
 
+from . import graphs
 from .model import CameraBranch, state_digest
 from .subclass import BACKBONE_FILE, BACKBONE_IO, VTRANSFORM_FILE, VTRANSFORM_IO, SubclassCameraModule
 
@@ -141,20 +141,21 @@ def simplify_graph(graph: onnx.ModelProto) -> onnx.ModelProto:
     """onnxsim, with its numerical check asserted (as upstream) and the quantized tensors compared before and after.
 
     onnxsim is known to fold Q/DQ on constant weights (onnxsim #216), which would silently drop weight
-    quantization, so the distinct quantized tensors (``quantized_tensors``) must be the same after it. The node
-    counts may drop: the exporter writes one Q/DQ pair per quantizer call, so a shared quantizer that reads one
-    tensor twice (conv1 and the residual of a Bottleneck) gives two identical pairs, and onnxsim 0.8.1 merges them
-    into one (128 pairs instead of 145 for the int8 camera backbone; it keeps all 63 per-channel weight pairs).
+    quantization, so the distinct quantized tensors (``graphs.quantized_tensors``: tensor, scales, zero point, axis)
+    must be the same after it. The Q/DQ node counts may drop: the exporter writes one Q/DQ pair per quantizer call,
+    so a shared quantizer that reads one tensor twice (conv1 and the residual of a Bottleneck) gives two identical
+    pairs, and onnxsim merges them into one.
     """
     import onnxsim
 
-    before = quantized_tensors(graph)
+    before = graphs.quantized_tensors(graph)
     simplified, ok = onnxsim.simplify(graph)
     if not ok:
         raise ExportError("onnxsim's check failed: the simplified graph does not compute what the traced one does")
-    after = quantized_tensors(simplified)
-    if after != before:
-        raise ExportError(f"onnxsim changed the quantized tensors {before} → {after}; the int8 graph would lose them")
+    after = graphs.quantized_tensors(simplified)
+    if set(after) != set(before):
+        counts = f"{graphs.count_quantized(graph)} → {graphs.count_quantized(simplified)}"
+        raise ExportError(f"onnxsim changed the quantized tensors ({counts}); the int8 graph would lose them")
     return constants_to_initializers(simplified)
 
 
@@ -174,26 +175,6 @@ def constants_to_initializers(graph: onnx.ModelProto) -> onnx.ModelProto:
     del graph.graph.node[:]
     graph.graph.node.extend(kept)
     return graph
-
-
-def quantized_tensors(graph: onnx.ModelProto) -> dict[str, int]:
-    """How many distinct tensors the QuantizeLinear nodes quantize, as ``{"weights": n, "activations": n}``: a
-    weight reads a constant; duplicates (same tensor, scale, zero point and axis) count once."""
-    constants = {t.name: t for t in graph.graph.initializer}
-    for node in graph.graph.node:
-        if node.op_type == "Constant" and node.attribute[0].name == "value":
-            constants[node.output[0]] = node.attribute[0].t
-
-    def value(name: str) -> bytes:
-        return numpy_helper.to_array(constants[name]).tobytes() if name in constants else name.encode()
-
-    found = set()
-    for node in graph.graph.node:
-        if node.op_type == "QuantizeLinear":
-            axis = next((a.i for a in node.attribute if a.name == "axis"), None)
-            kind = "weights" if node.input[0] in constants else "activations"
-            found.add((kind, node.input[0], *(value(name) for name in node.input[1:]), axis))
-    return {kind: sum(key[0] == kind for key in found) for kind in ("weights", "activations")}
 
 
 def dynamo_export_error(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> str | None:

@@ -1,4 +1,4 @@
-"""Text views of the camera branch for the notebooks: parameters per part and a compact module tree."""
+"""Text views of the camera branch for the notebooks: parameters per part and an outline of its layers."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def parameter_table(model: nn.Module) -> Table:
     return Table(rows, ("part", "parameters", "MB fp32"), title="camera branch parameters")
 
 
-def module_tree(module: nn.Module, max_depth: int = 2, prefix: str = "") -> str:
+def layer_outline(module: nn.Module, max_depth: int = 2, prefix: str = "") -> str:
     """The module hierarchy to ``max_depth`` levels, each line ``name: Type (parameters)``."""
     lines = []
     for name, child in module.named_children():
@@ -28,7 +28,7 @@ def module_tree(module: nn.Module, max_depth: int = 2, prefix: str = "") -> str:
         indent = "  " * prefix.count(".")
         lines.append(f"{indent}{prefix}{name}: {type(child).__name__} ({n:,} params)")
         if prefix.count(".") + 1 < max_depth:
-            sub = module_tree(child, max_depth, f"{prefix}{name}.")
+            sub = layer_outline(child, max_depth, f"{prefix}{name}.")
             if sub:
                 lines.append(sub)
     return "\n".join(lines)
