@@ -20,7 +20,7 @@ Layering: modules import downward only, in this order (a test reads the imports 
     → model/          ResNet50, GeneralizedLSSFPN, DepthLSSTransform, CameraBranch, checkpoints
     → scene, data, oracle
     → subclass        SubclassCameraModule and the split's interface (file and I/O names)
-    → graphs → drawing, netron
+    → graphs → drawing, netron_view
     → quant → export → pipeline → validation
     → viz, environment, chapters → cli
 """

@@ -29,8 +29,8 @@
 
 4. ``bevnb.export_camera(model, out, precision="int8")`` exports the fake quant as QuantizeLinear/DequantizeLinear
    through ``export_mode`` (``TensorQuantizer.use_fb_fake_quant``). The exporter writes one Q/DQ pair per quantizer
-   *call*, so a shared quantizer that reads one tensor twice gives two identical pairs; onnxsim 0.8.1 merges them
-   (145 → 128 pairs) and keeps all 63 per-channel weight pairs, which ``export.simplify_graph`` checks.
+   *call*, so a shared quantizer that reads one tensor twice gives two identical pairs; onnxsim merges them, and
+   ``export.simplify_graph`` checks that the distinct quantized tensors (weights and activations) stay the same.
    ``expected_qdq`` predicts the count from the placement, ``placement_table`` / ``shared_table`` show it.
 
 5. What int8 costs in accuracy is measured by ``bevnb.validation.evaluate_int8``; the chapter's figures are in

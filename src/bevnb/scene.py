@@ -416,7 +416,7 @@ def pixel_rays(rig: Rig) -> tuple[Tensor, Tensor]:
 def _one_thread() -> Iterator[None]:
     """Run torch ops on one intra-op thread, then restore the setting. The renderer's ops are small and memory
     bound: a second thread saves little on an idle CPU and costs several times over on a shared one, where every op
-    waits at an OpenMP barrier for a descheduled thread (measured: 1.7 s vs 6–10 s per sample under load)."""
+    waits at an OpenMP barrier for a descheduled thread."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
