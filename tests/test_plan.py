@@ -202,6 +202,44 @@ def test_select_intervals_keeps_whole_cells(rig_plan):
     assert all(torch.equal(getattr(whole, k), getattr(rig_plan, k)) for k in ("ranks_depth", "ranks_feat", "ranks_bev"))
 
 
+def assert_derived_arrays(plan) -> None:
+    """``interval_order``: every interval once, longest first, ties in cell order; ``cell_offsets``: a CSR row
+    pointer over every cell that agrees with the intervals."""
+    order = plan.interval_order.long()
+    assert torch.equal(order.sort().values, torch.arange(plan.num_intervals))
+    lengths = plan.interval_lengths[order]
+    assert bool((lengths[1:] <= lengths[:-1]).all())
+    ties = lengths[1:] == lengths[:-1]
+    assert bool((order[1:][ties] > order[:-1][ties]).all())
+    X, Y, Z = plan.grid_size
+    offsets = plan.cell_offsets.long()
+    assert offsets.shape == (Z * X * Y + 1,) and offsets[0] == 0 and offsets[-1] == plan.num_points
+    counts = offsets.diff()
+    hit = counts > 0
+    assert torch.equal(hit.nonzero().squeeze(1), plan.point_cells()[plan.interval_starts.long()])
+    assert torch.equal(offsets[:-1][hit], plan.interval_starts.long())
+    assert torch.equal(counts[hit], plan.interval_lengths.long())
+
+
+def test_plans_carry_a_balanced_order_and_cell_offsets(rig_plan):
+    assert rig_plan.interval_order.dtype == rig_plan.cell_offsets.dtype == torch.int32
+    assert rig_plan.interval_lengths[rig_plan.interval_order[0]] == rig_plan.interval_lengths.max()
+    assert_derived_arrays(rig_plan)
+    assert_derived_arrays(rig_plan.select_intervals(torch.arange(0, rig_plan.num_intervals, 97)))
+    keep = rig_plan.ranks_depth % 3 == 0
+    assert_derived_arrays(rig_plan.select_points(keep))
+    assert_derived_arrays(plan_from_geometry(points((100.0, 0.0, 0.0)), TINY))  # empty
+    z_slices = CameraConfig(xbound=(-6.0, 6.0, 1.0), ybound=(-4.0, 4.0, 1.0), zbound=(-1.0, 1.0, 1.0), out_channels=3)
+    assert_derived_arrays(plan_from_geometry(points((2.5, -1.5, -0.5), (0.5, 0.5, 0.5), (2.6, -1.4, 0.5)), z_slices))
+
+
+def test_select_intervals_takes_each_cell_once_in_cell_order(rig_plan):
+    picked = torch.arange(0, rig_plan.num_intervals, 500)
+    ascending = rig_plan.select_intervals(picked)
+    shuffled = rig_plan.select_intervals(torch.cat((picked.flip(0), picked[:5])))
+    assert all(torch.equal(getattr(ascending, k), getattr(shuffled, k)) for k in ("ranks_depth", "interval_order"))
+
+
 def test_cell_counts_per_camera(rig_plan):
     counts = rig_plan.cell_counts()
     assert counts.shape == (6, 1, 360, 360)

@@ -115,7 +115,13 @@ class BevPoolPlan:
     * ``ranks_bev [P] int32``: flat offset of the point's cell, channel 0, in the output ``[1, Z·C, X, Y]``:
       ``z·C·X·Y + x·Y + y``; channel c lives at ``ranks_bev + c·X·Y``. For Z = 1 this is CUDA-BEVFusion's
       ``x·360 + y`` (with the non-square-grid bug of issue #315 fixed: the row stride is Y, not X);
-    * ``interval_starts``, ``interval_lengths [K] int32``: one interval per BEV cell that is hit.
+    * ``interval_starts``, ``interval_lengths [K] int32``: one interval per BEV cell that is hit;
+    * ``interval_order [K] int32``: the interval ids by decreasing length (ties in cell order), so a GPU program that
+      walks a block of consecutive entries in step finds lanes of nearly equal length (``bevpool.traffic`` measures
+      the lane utilisation this buys);
+    * ``cell_offsets [Z·X·Y + 1] int32``: the points of flat cell ``r = z·X·Y + x·Y + y`` are
+      ``[cell_offsets[r], cell_offsets[r + 1])`` (empty for a cell no point hits), a CSR row pointer over every cell,
+      so a kernel can walk the output in memory order.
     """
 
     ranks_depth: Tensor
@@ -123,6 +129,8 @@ class BevPoolPlan:
     ranks_bev: Tensor
     interval_starts: Tensor
     interval_lengths: Tensor
+    interval_order: Tensor
+    cell_offsets: Tensor
     num_cameras: int
     depth_bins: int
     feature_size: tuple[int, int]
@@ -151,39 +159,31 @@ class BevPoolPlan:
         return BevPoolPlan(**moved, **{k: getattr(self, k) for k in _PLAN_META})
 
     def select_intervals(self, index: Tensor) -> BevPoolPlan:
-        """The plan restricted to the cells ``interval ids index [K']`` (ascending keeps the cell order), e.g.
+        """The plan restricted to the cells ``interval ids index [K']`` (taken in cell order, each once), e.g.
         ``torch.arange(0, K, 8)`` for a spatially even eighth of the work. Points keep their order inside a cell."""
+        index = torch.unique(index.to(self.interval_lengths.device))
         lengths = self.interval_lengths[index].long()
         starts = lengths.cumsum(0) - lengths
         # Point j of the new plan is point (old start + offset in its interval) of the old one.
         offset = torch.arange(int(lengths.sum()), device=lengths.device) - starts.repeat_interleave(lengths)
         points = self.interval_starts[index].long().repeat_interleave(lengths) + offset
-        ranks = {k: getattr(self, k)[points] for k in ("ranks_depth", "ranks_feat", "ranks_bev")}
-        i32 = torch.int32
-        return BevPoolPlan(
-            **ranks,
-            interval_starts=starts.to(i32),
-            interval_lengths=lengths.to(i32),
-            **{k: getattr(self, k) for k in _PLAN_META},
-        )
+        return _plan({k: getattr(self, k)[points] for k in _PLAN_RANKS}, self._meta())
 
     def select_points(self, keep: Tensor) -> BevPoolPlan:
         """The plan restricted to the points where ``keep [P]`` (bool) is true, in the same order; cells keep their
         intervals (emptied ones disappear). E.g. only the points a sparse depth actually weights."""
-        ranks = {k: getattr(self, k)[keep] for k in ("ranks_depth", "ranks_feat", "ranks_bev")}
-        starts, lengths = _intervals(ranks["ranks_bev"])
-        return BevPoolPlan(
-            **ranks, interval_starts=starts, interval_lengths=lengths, **{k: getattr(self, k) for k in _PLAN_META}
-        )
+        return _plan({k: getattr(self, k)[keep] for k in _PLAN_RANKS}, self._meta())
+
+    def point_cells(self) -> Tensor:
+        """Flat cell ``z·X·Y + x·Y + y`` of each point, ``[P]`` int64 (``ranks_bev`` without the channel stride)."""
+        return _point_cells(self.ranks_bev, self.channels, self.grid_size)
 
     def cell_counts(self) -> Tensor:
         """Kept points per camera and cell, ``[N, Z, X, Y]`` int64 (what the plan pictures of chapter 06 draw)."""
         X, Y, Z = self.grid_size
         fH, fW = self.feature_size
         camera = self.ranks_depth.long() // (self.depth_bins * fH * fW)
-        rank = self.ranks_bev.long()
-        cell = (rank // (self.channels * X * Y)) * (X * Y) + rank % (self.channels * X * Y)  # z·X·Y + x·Y + y
-        counts = torch.bincount(camera * (Z * X * Y) + cell, minlength=self.num_cameras * Z * X * Y)
+        counts = torch.bincount(camera * (Z * X * Y) + self.point_cells(), minlength=self.num_cameras * Z * X * Y)
         return counts.view(self.num_cameras, Z, X, Y)
 
     def summary(self) -> dict[str, float]:
@@ -201,9 +201,40 @@ class BevPoolPlan:
             "max points/cell": lengths.max().item() if lengths.numel() else 0.0,
         }
 
+    def _meta(self) -> dict:
+        return {k: getattr(self, k) for k in _PLAN_META}
 
-_PLAN_TENSORS = ("ranks_depth", "ranks_feat", "ranks_bev", "interval_starts", "interval_lengths")
+
+_PLAN_RANKS = ("ranks_depth", "ranks_feat", "ranks_bev")
+_PLAN_TENSORS = (*_PLAN_RANKS, "interval_starts", "interval_lengths", "interval_order", "cell_offsets")
 _PLAN_META = ("num_cameras", "depth_bins", "feature_size", "channels", "grid_size")
+
+
+def _plan(ranks: dict[str, Tensor], meta: dict) -> BevPoolPlan:
+    """The plan of points ``ranks`` (int32 ``ranks_depth``, ``ranks_feat``, ``ranks_bev [P]``, sorted by cell) with
+    everything derived from them: the intervals (the run lengths of ``ranks_bev``), their balanced order and the
+    cells' CSR offsets. The one place a plan is assembled, so every plan carries the same derived arrays."""
+    _, lengths = torch.unique_consecutive(ranks["ranks_bev"], return_counts=True)
+    starts = lengths.cumsum(0) - lengths
+    order = torch.sort(lengths, descending=True, stable=True).indices
+    X, Y, Z = meta["grid_size"]
+    counts = torch.bincount(_point_cells(ranks["ranks_bev"], meta["channels"], meta["grid_size"]), minlength=Z * X * Y)
+    i32 = torch.int32
+    return BevPoolPlan(
+        **ranks,
+        interval_starts=starts.to(i32),
+        interval_lengths=lengths.to(i32),
+        interval_order=order.to(i32),
+        cell_offsets=torch.cat((counts.new_zeros(1), counts.cumsum(0))).to(i32),
+        **meta,
+    )
+
+
+def _point_cells(ranks_bev: Tensor, channels: int, grid_size: tuple[int, int, int]) -> Tensor:
+    """``[P]`` int64 flat cells ``z·X·Y + x·Y + y`` of output offsets ``ranks_bev = z·C·X·Y + x·Y + y``."""
+    X, Y, _ = grid_size
+    rank = ranks_bev.long()
+    return (rank // (channels * X * Y)) * (X * Y) + rank % (channels * X * Y)
 
 
 def plan_from_geometry(geometry: Tensor, config: CameraConfig = R50) -> BevPoolPlan:
@@ -239,26 +270,9 @@ def plan_from_geometry(geometry: Tensor, config: CameraConfig = R50) -> BevPoolP
     # Depth index (n, d, h, w) → feature row (n, h, w): drop the d digit.
     hw = fH * fW
     ranks_feat = (ranks_depth // (D * hw)) * hw + ranks_depth % hw
-    interval_starts, interval_lengths = _intervals(ranks_bev)
-    i32 = torch.int32
-    return BevPoolPlan(
-        ranks_depth=ranks_depth.to(i32),
-        ranks_feat=ranks_feat.to(i32),
-        ranks_bev=ranks_bev.to(i32),
-        interval_starts=interval_starts,
-        interval_lengths=interval_lengths,
-        num_cameras=N,
-        depth_bins=D,
-        feature_size=(fH, fW),
-        channels=C,
-        grid_size=(X, Y, Z),
-    )
-
-
-def _intervals(ranks_bev: Tensor) -> tuple[Tensor, Tensor]:
-    """``(interval_starts, interval_lengths)`` int32 of sorted cell ranks: the run lengths, one interval per cell."""
-    _, lengths = torch.unique_consecutive(ranks_bev, return_counts=True)
-    return (lengths.cumsum(0) - lengths).to(torch.int32), lengths.to(torch.int32)
+    ranks = {"ranks_depth": ranks_depth, "ranks_feat": ranks_feat, "ranks_bev": ranks_bev}
+    meta = {"num_cameras": N, "depth_bins": D, "feature_size": (fH, fW), "channels": C, "grid_size": (X, Y, Z)}
+    return _plan({k: v.to(torch.int32) for k, v in ranks.items()}, meta)
 
 
 _PLAN_CACHE: dict[bytes, BevPoolPlan] = {}

@@ -12,14 +12,6 @@ from torch import Tensor
 from ..geometry import BevPoolPlan
 
 
-def _cells(plan: BevPoolPlan) -> Tensor:
-    """Row of each point in a ``[Z·X·Y, C]`` cell-major buffer, recovered from the channel-0 output offset."""
-    X, Y, _ = plan.grid_size
-    plane = plan.channels * X * Y
-    ranks = plan.ranks_bev.long()
-    return (ranks // plane) * (X * Y) + ranks % plane
-
-
 def _to_output(cells: Tensor, plan: BevPoolPlan) -> Tensor:
     """``[Z·X·Y, C]`` → ``[1, Z·C, X, Y]``: MIT's ``[B, C, Z, X, Y]`` with Z collapsed as ``cat(unbind(dim=2), 1)``."""
     X, Y, Z = plan.grid_size
@@ -33,7 +25,7 @@ def bev_pool_reference(depth: Tensor, feat: Tensor, plan: BevPoolPlan, chunk: in
     C = plan.channels
     out = torch.zeros(Z * X * Y, C, dtype=torch.float32, device=feat.device)
     d, f = depth.reshape(-1), feat.reshape(-1, C)
-    cells = _cells(plan).to(feat.device)
+    cells = plan.point_cells().to(feat.device)  # rows of a cell-major [Z·X·Y, C] buffer
     rd, rf = plan.ranks_depth.to(feat.device).long(), plan.ranks_feat.to(feat.device).long()
     for s in range(0, plan.num_points, chunk):
         e = s + chunk
@@ -48,5 +40,5 @@ def bev_pool_naive(depth: Tensor, feat: Tensor, plan: BevPoolPlan) -> Tensor:
     frustum_features = (depth.float().unsqueeze(-1) * feat.float().unsqueeze(1)).reshape(-1, C)
     X, Y, Z = plan.grid_size
     out = torch.zeros(Z * X * Y, C, dtype=torch.float32, device=feat.device)
-    out.index_add_(0, _cells(plan).to(feat.device), frustum_features[plan.ranks_depth.to(feat.device).long()])
+    out.index_add_(0, plan.point_cells().to(feat.device), frustum_features[plan.ranks_depth.to(feat.device).long()])
     return _to_output(out, plan).to(feat.dtype)
