@@ -1,9 +1,9 @@
 """bev_pool backends against BEVFusion's definition and against each other.
 
-Parity tolerances. In Triton's CPU interpreter both kernels add the same fp32 products in the same order as the
+Parity tolerances. In Triton's CPU interpreter every kernel adds the same fp32 products in the same order as the
 torch reference (sorted plan order, no fused multiply-add), so they must be bit-identical, fp32 and fp16 alike. On a
-GPU the compiled kernels may fuse multiply-adds (interval kernel) or add in any order (atomics): fp32 within
-1e-5 relative to the output's scale, fp16 within one fp16 rounding step (1e-3 relative).
+GPU the compiled kernels may fuse multiply-adds (interval and cell-tile kernels) or add in any order (atomics): fp32
+within 1e-5 relative to the output's scale, fp16 within one fp16 rounding step (1e-3 relative).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from bevnb.data import make_sample
 from bevnb.geometry import plan_bev_pool, plan_from_geometry
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-KERNELS = ("triton-interval", "triton-atomic")
+KERNELS = ("triton-interval", "triton-cells", "triton-atomic")
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -79,8 +79,10 @@ def pooling_cases(draw):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(pooling_cases())
-def test_every_backend_matches_bevfusions_definition(case):
+@given(pooling_cases(), st.randoms(use_true_random=False))
+def test_every_backend_matches_bevfusions_definition(case, rng):
+    """The reference against the definition, then every backend against the reference on the plan and on two of its
+    sub-plans: a random subset of its cells, and of its points."""
     geometry, config, (depth, feat) = case
     plan = plan_from_geometry(geometry, config)
     reference = bev_pool(depth, feat, plan, backend="torch")
@@ -88,8 +90,12 @@ def test_every_backend_matches_bevfusions_definition(case):
     assert reference.shape == expected.shape == plan.output_shape
     tol = 1e-3 if feat.dtype == torch.float16 else 1e-5
     torch.testing.assert_close(reference.cpu().double(), expected, rtol=tol, atol=tol)
-    for backend in ("naive", *KERNELS):
-        assert_parity(bev_pool(depth, feat, plan, backend=backend), reference)
+    cells = torch.tensor([k for k in range(plan.num_intervals) if rng.random() < 0.5], dtype=torch.long)
+    points = torch.tensor([rng.random() < 0.5 for _ in range(plan.num_points)], dtype=torch.bool)
+    for sub in (plan, plan.select_intervals(cells), plan.select_points(points)):
+        sub_reference = bev_pool(depth, feat, sub, backend="torch")
+        for backend in ("naive", *KERNELS):
+            assert_parity(bev_pool(depth, feat, sub, backend=backend), sub_reference)
 
 
 @pytest.mark.parametrize("backend", KERNELS)
@@ -123,11 +129,20 @@ def rig_plan():
     return plan_bev_pool(make_sample("zeros")).to(DEVICE)
 
 
+# The interpreter's cost of the cell-tile kernel grows with the grid tiles its cells fall in: on the real grid it
+# takes a run of neighbouring cells, the others every 500th cell.
+RIG_SUBPLANS = {
+    "triton-interval": lambda K: torch.arange(0, K, 500),
+    "triton-cells": lambda K: torch.arange(K // 2, K // 2 + 90),
+    "triton-atomic": lambda K: torch.arange(0, K, 500),
+}
+
+
 @pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_rig_plan_subsample(rig_plan, backend, dtype):
-    """The real rig's plan on every 500th BEV cell (~93 cells, ~3,600 points), with the backbone's real shapes."""
-    plan = rig_plan.select_intervals(torch.arange(0, rig_plan.num_intervals, 500, device=DEVICE))
+    """The real rig's plan on ~90 of its BEV cells (a few thousand points), with the backbone's real shapes."""
+    plan = rig_plan.select_intervals(RIG_SUBPLANS[backend](rig_plan.num_intervals).to(DEVICE))
     assert 80 < plan.num_intervals < 100
     depth, feat = inputs(6, 118, 32, 88, 80, dtype)
     out = bev_pool(depth, feat, plan, backend=backend)
@@ -158,6 +173,7 @@ def test_canonical_workload_on_gpu(rig_plan, backend, dtype):
 
 
 def test_backend_choice_per_device():
+    assert set(KERNELS) == {b for b in BACKENDS if b.startswith("triton-")}
     assert resolve_backend("auto", "cpu") == "torch"
     assert resolve_backend("triton", "cpu") == "triton-atomic"
     assert resolve_backend("auto", "cuda") == resolve_backend("triton", "cuda") == "triton-interval"

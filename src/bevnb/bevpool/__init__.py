@@ -5,7 +5,10 @@ taking the backbone graph's two outputs exactly as they come. Backends:
 
 * ``"torch"``: gather and ``index_add_`` in chunks (the reference every other backend is checked against);
 * ``"naive"``: MIT's path, the 638 MB outer product first, then the pool (what the split avoids);
-* ``"triton-interval"``: one Triton program per block of BEV cells, no atomics (CUDA-BEVFusion's scheme);
+* ``"triton-interval"``: one Triton program per block of BEV cells of similar length, no atomics (CUDA-BEVFusion's
+  scheme);
+* ``"triton-cells"``: one Triton program per tile of the output in memory order: every element written once, with
+  contiguous stores and no zero-fill pass;
 * ``"triton-atomic"``: one Triton program per block of points, atomic adds into the cells;
 * ``"triton"``: the better Triton kernel for this machine: interval on a GPU, atomic in the CPU interpreter, where
   big point blocks mean few programs;
@@ -22,11 +25,12 @@ from torch import Tensor
 from ..geometry import BevPoolPlan
 from .reference import bev_pool_naive, bev_pool_reference
 
-# Triton reads TRITON_INTERPRET when it is imported; decide here, on `import bevnb`, before anything imports it.
+# Triton reads TRITON_INTERPRET when it is imported; decide here, on `import bevnb`, before anything imports it. A
+# TRITON_INTERPRET=0 set by the caller is kept: kernels then compile for a GPU (what `bevpool.compiled` does on a CPU).
 if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-BACKENDS = ("auto", "torch", "naive", "triton", "triton-interval", "triton-atomic")
+BACKENDS = ("auto", "torch", "naive", "triton", "triton-interval", "triton-cells", "triton-atomic")
 DTYPES = (torch.float16, torch.float32)
 
 
@@ -69,8 +73,6 @@ def bev_pool(depth: Tensor, feat: Tensor, plan: BevPoolPlan, backend: str = "aut
         return bev_pool_reference(depth, feat, plan)
     if backend == "naive":
         return bev_pool_naive(depth, feat, plan)
-    from . import triton_kernels  # imports triton; only when a kernel is asked for
+    from .triton_kernels import bev_pool_triton  # imports triton; only when a kernel is asked for
 
-    if backend == "triton-interval":
-        return triton_kernels.bev_pool_interval(depth, feat, plan)
-    return triton_kernels.bev_pool_atomic(depth, feat, plan)
+    return bev_pool_triton(backend, depth, feat, plan)
