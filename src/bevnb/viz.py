@@ -18,6 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from .bevpool.traffic import BANDWIDTHS, Traffic
 from .config import R50, CameraConfig
 from .data import denormalize_image
 from .geometry import BevPoolPlan, create_frustum, get_geometry
@@ -221,6 +222,31 @@ def bev_pool_scaling(results: list[dict]) -> Figure:
     ax.legend(fontsize=8)
     names = ", ".join(f"{r['device']['name']} (Triton {r['device']['triton']})" for r in results)
     ax.set_title(f"bev_pool time against points, C = 80 — {names}", fontsize=9)
+    return fig
+
+
+def bev_pool_traffic(models: list[Traffic], bandwidth: str = "H200") -> Figure:
+    """DRAM bytes each bev_pool backend moves per call, from the traffic model (``bevnb.bevpool.traffic``), against
+    the floor: one panel per dtype, log scale; each bar is labelled with its multiple of the floor and the µs it
+    needs at ``bandwidth`` (a ``BANDWIDTHS`` key)."""
+    dtypes = list(dict.fromkeys(m.dtype for m in models))
+    rows = max(sum(m.dtype == d for m in models) for d in dtypes)
+    fig = Figure(figsize=(9.0, 1.0 + 0.42 * rows * len(dtypes)), layout="constrained")
+    axes = fig.subplots(len(dtypes), 1, sharex=True, squeeze=False)[:, 0]
+    top = max(m.moved for m in models) / 1e6
+    for ax, dtype in zip(axes, dtypes, strict=True):
+        mine = [m for m in models if m.dtype == dtype]
+        colours = ["C0" if m.backend.startswith("triton") else "C7" for m in mine]
+        ax.barh([m.backend for m in mine], [m.moved / 1e6 for m in mine], color=colours)
+        floor = mine[0].floor / 1e6
+        ax.axvline(floor, color="C3", ls="--", label=f"floor {floor:.1f} MB")
+        for y, m in enumerate(mine):
+            us = m.microseconds(BANDWIDTHS[bandwidth])
+            ax.text(m.moved / 1e6, y, f"  {m.moved / m.floor:.2f}× floor, {us:,.1f} µs", va="center", fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(f"{dtype}: bytes moved per call (model) and the time they need at {bandwidth}", fontsize=9)
+        ax.legend(loc="lower right", fontsize=8)
+    axes[-1].set(xscale="log", xlim=(None, top * 8), xlabel="MB moved per call (model, log scale)")
     return fig
 
 
