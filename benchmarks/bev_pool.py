@@ -4,9 +4,11 @@
     bevnb bench bevpool [the same options]          (from a checkout: runs this script)
 
 The workload is the plan of ``make_sample("zeros")``'s rig (6 × 118 × 32 × 88 candidate points, C = 80, a 360 × 360
-grid). For each backend and dtype: time, bytes moved, effective bandwidth, its fraction of the device's measured
-copy bandwidth, and peak extra memory; then time against the number of points. On a GPU, ``--sweep`` also times the
-Triton kernels' launch shapes.
+grid). First the traffic model of every backend on that plan (``bevnb.bevpool.traffic``: the bytes each moves, its
+store sectors, atomics and lane utilisation, and the time that traffic needs on an H100 and an H200). Then, for each
+backend and dtype: time, bytes moved, effective bandwidth, its fraction of the device's measured copy bandwidth, and
+peak extra memory; then time against the number of points. On a GPU, ``--sweep`` also times the Triton kernels'
+launch shapes.
 
 ``run_benchmark(...) -> dict`` measures, ``results_table`` / ``scaling_table`` print, ``write_results`` stores the
 JSON as ``benchmarks/results/<device-slug>.json`` (chapter 06 reads them); ``main(argv)`` is the command line.
@@ -17,8 +19,9 @@ How each number is taken:
   fastest of ``repeat`` wall-clock calls, the estimate least disturbed by other processes on a shared machine (one
   call for the naive path and the Triton interpreter, which are slow), with the process's CPU time of that call
   (steadier than wall time when other processes share the cores) and the 1-minute load average;
-* bytes moved: what the kernel must read and write at least (``bytes_moved``), the same count for every backend,
-  so effective GB/s compares like with like;
+* bytes moved: what any kernel must read and write at least, the model's floor (``traffic.floor_bytes``), the same
+  count for every backend, so effective GB/s compares like with like; the model's bytes for the backend itself are
+  stored beside it (``model_bytes``);
 * copy bandwidth: ``dst.copy_(src)`` of 256 MiB on the same device, read + write bytes over time;
 * peak extra memory: GPU, ``torch.cuda.max_memory_allocated`` above the pre-call level; CPU, the process's
   resident-set high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) above the pre-call RSS, which
@@ -28,6 +31,7 @@ How each number is taken:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -43,6 +47,7 @@ from torch import Tensor
 from bevnb import make_sample
 from bevnb.bevpool import BACKENDS, bev_pool
 from bevnb.bevpool.compare import canonical_inputs, timed_call
+from bevnb.bevpool.traffic import BANDWIDTHS, MODELLED, Traffic, floor_bytes, traffic_models, traffic_table
 from bevnb.environment import device as default_device
 from bevnb.geometry import BevPoolPlan, plan_bev_pool
 from bevnb.tables import Table
@@ -51,8 +56,9 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CONCRETE_BACKENDS = tuple(b for b in BACKENDS if b not in ("auto", "triton"))
 DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16}
 SCALING_STRIDES = (256, 64, 16, 4, 1)  # every k-th BEV cell of the plan: from ~0.4 % of the points to all of them
-# The interpreter runs one program instance at a time; above these sizes a backend is skipped on the CPU.
-INTERPRETER_MAX_POINTS = {"triton-interval": 120_000, "triton-atomic": 2_500_000}
+# The interpreter runs one program instance at a time; above these sizes a backend is skipped on the CPU. The
+# cell-tile kernel always is: it visits every cell of the grid, however few points the plan has.
+INTERPRETER_MAX_POINTS = {"triton-interval": 120_000, "triton-cells": 0, "triton-atomic": 2_500_000}
 
 
 def device_name(device: torch.device) -> str:
@@ -130,17 +136,6 @@ def call_measured(fn: Callable[[], Tensor], device: torch.device) -> tuple[Tenso
     return out, us, cpu_us, extra
 
 
-def bytes_moved(plan: BevPoolPlan, dtype: torch.dtype) -> int:
-    """Bytes a bev_pool kernel must move at least: each kept depth weight and each used feature row read once, the
-    point indices (``ranks_depth``, ``ranks_feat``: int32 per point) and the interval table (start, length, cell:
-    int32 per cell) read once, and the whole output ``[1, Z·C, X, Y]`` written once (zeros included)."""
-    elt = torch.tensor([], dtype=dtype).element_size()
-    feature_rows = plan.ranks_feat.unique().numel()
-    X, Y, Z = plan.grid_size
-    values = plan.num_points + feature_rows * plan.channels + Z * plan.channels * X * Y
-    return values * elt + 4 * (2 * plan.num_points + 3 * plan.num_intervals)
-
-
 def _skip_reason(backend: str, plan: BevPoolPlan, device: torch.device) -> str | None:
     from bevnb.bevpool.triton_kernels import INTERPRETED
 
@@ -149,7 +144,11 @@ def _skip_reason(backend: str, plan: BevPoolPlan, device: torch.device) -> str |
     if not INTERPRETED:
         return None if device.type == "cuda" else "Triton compiles for CUDA here: it cannot run on CPU tensors"
     limit = INTERPRETER_MAX_POINTS[backend]
-    return f"Triton interpreter: skipped above {limit:,} points" if plan.num_points > limit else None
+    if plan.num_points <= limit:
+        return None
+    return (
+        f"Triton interpreter: skipped above {limit:,} points" if limit else "Triton interpreter: skipped (every cell)"
+    )
 
 
 def _repeat(backend: str, device: torch.device, repeat: int) -> int:
@@ -159,7 +158,8 @@ def _repeat(backend: str, device: torch.device, repeat: int) -> int:
 def measure(
     backend: str, plan: BevPoolPlan, depth: Tensor, feat: Tensor, reference: Tensor, copy_gbs: float, repeat: int = 5
 ) -> dict:
-    """One row: µs, GB/s, fraction of copy bandwidth, peak extra MB and max |error| against ``reference``."""
+    """One row: µs, GB/s of the floor's bytes, fraction of copy bandwidth, peak extra MB and max |error| against
+    ``reference``."""
     device = feat.device
     row = {"backend": backend, "dtype": str(feat.dtype).removeprefix("torch."), "points": plan.num_points}
     reason = _skip_reason(backend, plan, device)
@@ -172,7 +172,7 @@ def measure(
     else:  # the fastest call, with its CPU time: on a shared machine the CPU time is the steadier number
         n = _repeat(backend, device, repeat)
         us, cpu_us = min([(wall, cpu)] + [call_measured(fn, device)[1:3] for _ in range(n - 1)])
-    nbytes = bytes_moved(plan, feat.dtype)
+    nbytes = floor_bytes(plan, feat.dtype)
     return {
         **row,
         "us": us,
@@ -215,6 +215,10 @@ def run_benchmark(
     if cell_stride > 1:
         plan = plan.select_intervals(torch.arange(0, plan.num_intervals, cell_stride))
     plan = plan.to(device)
+    models = traffic_models(
+        plan.to("cpu"), tuple(DTYPE_NAMES[d] for d in dtypes), tuple(b for b in backends if b in MODELLED)
+    )
+    log(str(traffic_table(models)))
     copy_gbs = copy_bandwidth(device)
     log(f"{device_name(device)}: copy bandwidth {copy_gbs:.1f} GB/s, plan {plan_s:.2f} s")
     results = []
@@ -222,7 +226,8 @@ def run_benchmark(
         depth, feat = canonical_inputs(plan, DTYPE_NAMES[name], device)
         reference = bev_pool(depth, feat, plan, backend="torch")
         for backend in backends:
-            results.append(measure(backend, plan, depth, feat, reference, copy_gbs, repeat))
+            model = {(m.backend, m.dtype): m.moved for m in models}.get((backend, name))
+            results.append({**measure(backend, plan, depth, feat, reference, copy_gbs, repeat), "model_bytes": model})
             log(_row_text(results[-1]))
     scaling = []
     depth, feat = canonical_inputs(plan, DTYPE_NAMES[dtypes[0]], device)
@@ -254,14 +259,21 @@ def run_benchmark(
             "plan_cpu_seconds": plan_cpu_s,
         },
         "copy_gb_per_s": copy_gbs,
+        "traffic_model": [_model_record(m) for m in models],
         "results": results,
         "scaling": scaling,
     }
 
 
+def _model_record(model: Traffic) -> dict:
+    """A traffic model as JSON: its fields, the bytes moved, and the µs they need at each of ``BANDWIDTHS``."""
+    us = {name: model.microseconds(bandwidth) for name, bandwidth in BANDWIDTHS.items()}
+    return {**dataclasses.asdict(model), "moved": model.moved, "us_at": us}
+
+
 def sweep_launch(sample: dict | None = None, dtype: str = "float16") -> list[dict]:
     """GPU only: time each Triton kernel over a grid of block sizes and warps on the canonical plan."""
-    from bevnb.bevpool.triton_kernels import INTERPRETED, bev_pool_atomic, bev_pool_interval
+    from bevnb.bevpool.triton_kernels import INTERPRETED, bev_pool_triton
 
     if INTERPRETED:
         raise ValueError("the launch sweep needs a CUDA GPU (the interpreter has no block sizes to tune)")
@@ -273,12 +285,14 @@ def sweep_launch(sample: dict | None = None, dtype: str = "float16") -> list[dic
         for block_c in (16, 32, 128):
             for block in (8, 16, 32, 64, 128):
                 cfg = {"BLOCK_C": block_c, "num_warps": warps}
-                interval = {"BLOCK_I": block, **cfg}
-                us = repeated_us(lambda kw=interval: bev_pool_interval(depth, feat, plan, **kw), device)
-                rows.append({"kernel": "triton-interval", **interval, "us": us})
-                atomic = {"BLOCK_N": 4 * block, **cfg}
-                us = repeated_us(lambda kw=atomic: bev_pool_atomic(depth, feat, plan, **kw), device)
-                rows.append({"kernel": "triton-atomic", **atomic, "us": us})
+                shapes = {
+                    "triton-interval": {"BLOCK_I": block, **cfg},
+                    "triton-cells": {"BLOCK_R": block, **cfg},
+                    "triton-atomic": {"BLOCK_N": 4 * block, **cfg},
+                }
+                for kernel, kw in shapes.items():
+                    us = repeated_us(lambda k=kernel, kw=kw: bev_pool_triton(k, depth, feat, plan, **kw), device)
+                    rows.append({"kernel": kernel, **kw, "us": us})
     return sorted(rows, key=lambda r: r["us"])
 
 
@@ -300,16 +314,16 @@ def results_table(result: dict) -> Table:
     """The canonical-workload rows of a ``run_benchmark`` result."""
     rows = []
     for r in result["results"]:
+        model = "—" if r.get("model_bytes") is None else r["model_bytes"] / 1e6
         if "skipped" in r:
-            rows.append((r["backend"], r["dtype"], r["points"], *["—"] * 7, r["skipped"]))
+            rows.append((r["backend"], r["dtype"], r["points"], "—", "—", "—", model, *["—"] * 4, r["skipped"]))
             continue
         peak = "n/a" if r["peak_extra_mb"] is None else r["peak_extra_mb"]
         frac = 100 * r["fraction_of_copy"]
-        cpu = r.get("cpu_us")
-        cols = (_us(r["us"]), _us(cpu), r["bytes_moved"] / 1e6, r["gb_per_s"], frac, peak, r["max_abs_err"], "")
-        rows.append((r["backend"], r["dtype"], r["points"], *cols))
-    columns = ("backend", "dtype", "points", "µs", "CPU µs", "MB moved", "GB/s", "% of copy", "peak extra MB")
-    columns += ("max |err|", "note")
+        cols = (_us(r["us"]), _us(r.get("cpu_us")), r["bytes_moved"] / 1e6, model, r["gb_per_s"], frac, peak)
+        rows.append((r["backend"], r["dtype"], r["points"], *cols, r["max_abs_err"], ""))
+    columns = ("backend", "dtype", "points", "µs", "CPU µs", "floor MB", "model MB", "GB/s of floor", "% of copy")
+    columns += ("peak extra MB", "max |err|", "note")
     dev = result["device"]
     title = f"bev_pool on {dev['name']} (Triton {dev['triton']}), copy bandwidth {result['copy_gb_per_s']:.1f} GB/s"
     return Table(rows, columns, title)

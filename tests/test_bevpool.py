@@ -133,7 +133,7 @@ def rig_plan():
 # takes a run of neighbouring cells, the others every 500th cell.
 RIG_SUBPLANS = {
     "triton-interval": lambda K: torch.arange(0, K, 500),
-    "triton-cells": lambda K: torch.arange(K // 2, K // 2 + 90),
+    "triton-cells": lambda K: torch.arange(K // 8, K // 8 + 90),
     "triton-atomic": lambda K: torch.arange(0, K, 500),
 }
 

@@ -22,9 +22,7 @@ def rig_plan():
 
 @pytest.fixture(scope="module")
 def models(rig_plan):
-    return {
-        (m.backend, m.dtype): m for d in DTYPES for m in (traffic.traffic(rig_plan, b, d) for b in traffic.MODELLED)
-    }
+    return {(m.backend, m.dtype): m for m in traffic.traffic_models(rig_plan, DTYPES)}
 
 
 def tiny_plan():
@@ -123,7 +121,7 @@ def test_times_follow_bandwidth_and_table_lists_every_backend(rig_plan, models):
     assert m.microseconds(traffic.BANDWIDTHS["H200"]) == pytest.approx(1e6 * m.moved / 4.8e12)
     floor_us = 1e6 * m.floor / traffic.BANDWIDTHS["H200"]
     assert floor_us == pytest.approx(8.8, abs=0.1)
-    table = traffic.traffic_table(rig_plan)
+    table = traffic.traffic_table(list(models.values()))
     assert [row[0] for row in table.rows] == ["floor", *traffic.MODELLED] * 2
     assert "µs at H100" in table.columns and "µs at H200" in table.columns
     with pytest.raises(ValueError, match="no traffic model for backend 'triton'"):

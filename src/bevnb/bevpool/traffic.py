@@ -113,26 +113,29 @@ def traffic(plan: BevPoolPlan, backend: str, dtype: torch.dtype) -> Traffic:
     return Traffic(backend, name, floor, **_triton(plan, backend, dtype))
 
 
-def traffic_table(
+def traffic_models(
     plan: BevPoolPlan, dtypes: tuple[torch.dtype, ...] = (torch.float16, torch.float32), backends: tuple = MODELLED
-) -> Table:
-    """The model for every backend and dtype: MB moved and against the floor, store sectors, atomics, lane
-    utilisation, the longest walk, and the µs each implies at every ``BANDWIDTHS`` entry (floor rows first)."""
+) -> list[Traffic]:
+    """``traffic(plan, backend, dtype)`` for every dtype, then every backend."""
+    return [traffic(plan, backend, dtype) for dtype in dtypes for backend in backends]
+
+
+def traffic_table(models: list[Traffic]) -> Table:
+    """The models as a table: MB moved and against the floor, store sectors, atomics, lane utilisation, the longest
+    walk, and the µs each implies at every ``BANDWIDTHS`` entry; a floor row heads each dtype."""
     rows = []
-    for dtype in dtypes:
-        models = [traffic(plan, b, dtype) for b in backends]
-        floor = models[0].floor
-        rows.append(("floor", models[0].dtype, floor / 1e6, 1.0, *["—"] * 4, *_times(floor)))
-        for m in models:
+    for dtype in dict.fromkeys(m.dtype for m in models):
+        mine = [m for m in models if m.dtype == dtype]
+        floor = mine[0].floor
+        rows.append(("floor", dtype, floor / 1e6, 1.0, *["—"] * 4, *_times(floor)))
+        for m in mine:
             lanes = "—" if m.lane_utilisation is None else round(100 * m.lane_utilisation, 1)
             walk = "—" if m.longest_walk is None else m.longest_walk
             counts = (m.store_sectors / 1e6, m.atomics / 1e6, lanes, walk)
             rows.append((m.backend, m.dtype, m.moved / 1e6, m.moved / floor, *counts, *_times(m.moved)))
     columns = ("backend", "dtype", "MB moved", "× floor", "store sectors (M)", "atomics (M)", "lanes busy %")
     columns += ("longest walk", *(f"µs at {name}" for name in BANDWIDTHS))
-    X, Y, Z = plan.grid_size
-    title = f"bev_pool traffic model: {plan.num_points:,} points into {plan.num_intervals:,} of {X}×{Y}×{Z} cells"
-    return Table(rows, columns, title)
+    return Table(rows, columns, "bev_pool traffic model, per call on a GPU: DRAM bytes and the time they need")
 
 
 def _times(nbytes: int) -> list[float]:

@@ -275,13 +275,3 @@ def bev_pool_triton(backend: str, depth: Tensor, feat: Tensor, plan: BevPoolPlan
         raise ValueError(f"compiled Triton kernels need CUDA tensors, got tensors on {feat.device}")
     launch = LAUNCHERS[backend](depth.contiguous(), feat.contiguous(), plan.to(feat.device), **overrides)
     return launch().to(feat.dtype)
-
-
-def bev_pool_interval(depth: Tensor, feat: Tensor, plan: BevPoolPlan, **overrides: int) -> Tensor:
-    """``bev_pool_triton("triton-interval", ...)``."""
-    return bev_pool_triton("triton-interval", depth, feat, plan, **overrides)
-
-
-def bev_pool_atomic(depth: Tensor, feat: Tensor, plan: BevPoolPlan, **overrides: int) -> Tensor:
-    """``bev_pool_triton("triton-atomic", ...)``."""
-    return bev_pool_triton("triton-atomic", depth, feat, plan, **overrides)
