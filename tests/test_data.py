@@ -19,7 +19,7 @@ from bevnb.data import (
     write_tensor,
 )
 from bevnb.geometry import depth_map
-from bevnb.scene import load_rig
+from bevnb.rig import load_rig
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +219,7 @@ def test_load_example_data_errors(tmp_path, zeros):
         load_example_data(tmp_path / "nowhere")
     _write_example_data(tmp_path, zeros, torch.zeros(3, 5))
     (tmp_path / "2-FRONT_LEFT.jpg").unlink()
-    with pytest.raises(ValueError, match=r"2-FRONT_LEFT\.jpg is missing"):
+    with pytest.raises(ValueError, match=r"camera 2 needs one image 2-<NAME>\.jpg, found none"):
         load_example_data(tmp_path)
     write_tensor(tmp_path / "camera2lidar.tensor", zeros["camera2lidar"][:, :4])
     with pytest.raises(ValueError, match=r"camera2lidar\.tensor must be \[1, 6, 4, 4\], got \[1, 4, 4, 4\]"):

@@ -10,6 +10,7 @@ import torch
 
 from bevnb.data import make_sample, normalize_image
 from bevnb.geometry import depth_map, get_geometry
+from bevnb.rig import load_rig
 from bevnb.scene import (
     BOX,
     CAR,
@@ -26,7 +27,6 @@ from bevnb.scene import (
     box_corners,
     cast_rays,
     lidar_sweep,
-    load_rig,
     pixel_rays,
     random_scene,
     render_cameras,

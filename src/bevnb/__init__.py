@@ -3,7 +3,8 @@
 One entry point per step of the tutorial:
 
 * ``build_camera_model`` — the camera branch (``encoders.camera``): seeded default weights or a checkpoint;
-* ``make_sample`` — the export sample (``"zeros"``) or a synthetic six-camera scene (``"synthetic"``);
+* ``load_rig`` — a rig file: cameras, calibration, image aug and BEV grid (``Rig.config`` is the model's config);
+* ``make_sample`` — the export sample (``"zeros"``) or a synthetic scene (``"synthetic"``) for any rig;
 * ``SubclassCameraModule`` — the split point: ``(img, depth) → (camera_feature, camera_depth_weights)``;
 * ``export_camera`` — ``camera.backbone.onnx`` and ``camera.vtransform.onnx``, fp16 or int8;
 * ``plan_bev_pool`` / ``bev_pool`` — the calibration-time plan and the pooling kernels.
@@ -15,6 +16,7 @@ Runtime, nor matplotlib.
 Layering: modules import downward only, in this order (a test reads the imports and fails on any circle)::
 
     config, tables, metrics, paths
+    → rig             a deployment rig file → CameraConfig + calibration matrices
     → geometry        frustum, lift geometry, the depth map, the bev_pool plan
     → bevpool/        reference, Triton kernels, dispatch, backend comparison
     → model/          ResNet50, GeneralizedLSSFPN, DepthLSSTransform, CameraBranch, checkpoints
@@ -34,6 +36,7 @@ from .data import check_calibration, load_example_data, make_sample, read_tensor
 from .export import export_camera
 from .geometry import BevPoolPlan, plan_bev_pool
 from .model import CameraBranch, CheckpointError, build_camera_model, read_checkpoint
+from .rig import Rig, RigError, load_rig
 from .subclass import SubclassCameraModule
 
 __version__ = "0.1.0"
@@ -44,12 +47,15 @@ __all__ = [
     "CameraBranch",
     "CameraConfig",
     "CheckpointError",
+    "Rig",
+    "RigError",
     "SubclassCameraModule",
     "bev_pool",
     "build_camera_model",
     "check_calibration",
     "export_camera",
     "load_example_data",
+    "load_rig",
     "make_sample",
     "plan_bev_pool",
     "read_checkpoint",

@@ -1,7 +1,8 @@
 """The deployment constants of BEVFusion's ResNet50 camera branch, as CUDA-BEVFusion builds it.
 
 Source: MIT BEVFusion ``configs/nuscenes/det/transfusion/secfpn/camera+lidar/resnet50/default.yaml`` at the
-commit CUDA-BEVFusion pins (``db75150``), and ``main.cpp``'s ``GeometryParameter``.
+commit CUDA-BEVFusion pins (``db75150``), and ``main.cpp``'s ``GeometryParameter``. Another rig's configuration comes
+from its rig file (``bevnb.rig``); a configuration that cannot work raises ``ConfigError`` naming the field.
 """
 
 from __future__ import annotations
@@ -10,6 +11,15 @@ import math
 from dataclasses import dataclass
 
 Bound = tuple[float, float, float]
+FEATURE_STRIDE = 8  # the neck's level 0 (ResNet layer2) is 1/8 of the network input
+
+
+class ConfigError(ValueError):
+    """A ``CameraConfig`` that cannot work; ``field`` names the attribute, ``reason`` says why (one line)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
 
 
 @dataclass(frozen=True)
@@ -17,11 +27,11 @@ class CameraConfig:
     """Shapes and grid of the camera branch. Derived values are properties, so they cannot drift.
 
     ``xbound``/``ybound``/``zbound`` are ``(low, high, step)`` in metres in the lidar frame; ``dbound`` is the
-    depth bin range in metres along the camera ray.
+    depth bin range in metres along the camera ray. Construction checks what the model needs: an input divisible by
+    8, bounds that split into whole cells, an even X and Y for the stride-2 downsample.
     """
 
     image_size: tuple[int, int] = (256, 704)  # (iH, iW) after the test-time aug
-    feature_size: tuple[int, int] = (32, 88)  # (fH, fW) = image / 8
     num_cameras: int = 6
     xbound: Bound = (-54.0, 54.0, 0.3)
     ybound: Bound = (-54.0, 54.0, 0.3)
@@ -30,6 +40,33 @@ class CameraConfig:
     in_channels: int = 256  # neck output channels that feed depthnet
     out_channels: int = 80  # C: BEV feature channels
     downsample: int = 2
+
+    def __post_init__(self) -> None:
+        if self.num_cameras < 1:
+            raise ConfigError("num_cameras", f"a rig needs at least one camera, got {self.num_cameras}")
+        iH, iW = self.image_size
+        if iH <= 0 or iW <= 0 or iH % FEATURE_STRIDE or iW % FEATURE_STRIDE:
+            raise ConfigError(
+                "image_size",
+                f"{iH}×{iW} (height × width) must be positive and divisible by {FEATURE_STRIDE}: the feature map is "
+                f"the input / {FEATURE_STRIDE}",
+            )
+        for name in ("xbound", "ybound", "zbound", "dbound"):
+            lo, hi, step = getattr(self, name)
+            if not (math.isfinite(lo) and math.isfinite(hi) and step > 0 and hi > lo):
+                raise ConfigError(name, f"(low, high, step) = {(lo, hi, step)} needs low < high and step > 0")
+            cells = (hi - lo) / step
+            if name != "dbound" and abs(cells - round(cells)) > 1e-6 * max(1.0, cells):
+                raise ConfigError(name, f"(high - low) / step = {cells:.4g} is not a whole number of cells")
+        X, Y, _ = self.grid_size
+        if self.downsample == 2 and (X % 2 or Y % 2):
+            field = "xbound" if X % 2 else "ybound"
+            raise ConfigError(field, f"the grid has {X}×{Y} cells; the stride-2 downsample needs both even")
+
+    @property
+    def feature_size(self) -> tuple[int, int]:
+        """(fH, fW) = image / 8 = (32, 88) for R50: the neck's level 0."""
+        return (self.image_size[0] // FEATURE_STRIDE, self.image_size[1] // FEATURE_STRIDE)
 
     @property
     def depth_bins(self) -> int:

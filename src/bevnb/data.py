@@ -1,10 +1,13 @@
 """Sample dicts with the keys and shapes of CUDA-BEVFusion's ``example-data.pth``, and its ``.tensor`` files.
 
-* ``make_sample("zeros")``: the export sample (zero image, no lidar points, so the depth input is all zeros);
-* ``make_sample("synthetic", seed)``: the rendered nuScenes-like scene of ``bevnb.scene``, with ground truth;
-* ``load_example_data(dir)``: upstream's ``example-data`` folder (six JPEGs + ``.tensor`` files) as the same dict;
+* ``make_sample("zeros", rig=…)``: the export sample (zero image, no lidar points, so the depth input is all zeros);
+* ``make_sample("synthetic", seed, rig=…)``: the scene of ``bevnb.scene`` rendered by any rig, with ground truth;
+* ``load_example_data(dir)``: upstream's ``example-data`` folder (JPEGs + ``.tensor`` files) as the same dict, and
+  ``example_data_rig(dir)``: the rig those files describe (camera count, names and raw sizes read from the files);
 * ``read_tensor`` / ``write_tensor``: CUDA-BEVFusion's ``.tensor`` format;
 * ``check_calibration``: the one place that rejects a malformed sample, with a one-line ValueError.
+
+``rig`` is a ``bevnb.rig.Rig``, a rig file's path, or None for the default nuScenes-like rig.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import torch
 from torch import Tensor
 
 from .config import R50, CameraConfig
-from .scene import Rig, lidar_sweep, load_rig, random_scene, render_cameras
+from .rig import Rig, as_rig
+from .scene import lidar_sweep, random_scene, render_cameras
 from .tables import Table, format_value
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -32,9 +36,9 @@ SAMPLE_KEYS: dict[str, str] = {
     "lidar2ego": "lidar frame → ego frame",
     "lidar2camera": "lidar frame → camera frame (x right, y down, z forward)",
     "lidar2image": "lidar frame → raw-image pixels × depth: camera_intrinsics @ lidar2camera",
-    "camera_intrinsics": "K in raw 1600×900 pixels, in the top-left 3×3",
+    "camera_intrinsics": "K in raw-image pixels (1600×900 for the default rig), in the top-left 3×3",
     "camera2lidar": "camera frame → lidar frame: the extrinsics of the lift",
-    "img_aug_matrix": "raw pixels → network pixels: resize 0.48, then crop (32, 176)",
+    "img_aug_matrix": "raw pixels → network pixels: resize, then crop (0.48 and (32, 176) for the default rig)",
     "lidar_aug_matrix": "lidar-frame augmentation; identity at test time",
 }
 SYNTHETIC_KEYS: dict[str, str] = {
@@ -48,7 +52,7 @@ _CAMERA_MATRICES = ("camera2ego", "lidar2camera", "lidar2image", "camera_intrins
 _SAMPLE_MATRICES = ("lidar2ego", "lidar_aug_matrix")
 
 
-def make_sample(kind: str = "zeros", seed: int = 0, config: CameraConfig = R50) -> dict:
+def make_sample(kind: str = "zeros", seed: int = 0, rig: Rig | str | Path | None = None) -> dict:
     """A batch-1 sample dict with every key of ``SAMPLE_KEYS`` (and ``SYNTHETIC_KEYS`` for ``"synthetic"``):
 
     ``img [1, N, 3, iH, iW]`` float32; ``points``: a list with one ``[P, 5]`` float32; ``camera2ego``,
@@ -60,14 +64,14 @@ def make_sample(kind: str = "zeros", seed: int = 0, config: CameraConfig = R50) 
     * ``"zeros"``: CUDA-BEVFusion's export input: the image is all zeros and there are no lidar points (``[0, 5]``),
       so ``geometry.depth_map(sample)`` is the all-zero ``[1, N, 1, iH, iW]`` that ``export-camera.py`` feeds. (Upstream
       exports with example-data's real image; the graph's shapes do not depend on the values.) ``seed`` is unused.
-    * ``"synthetic"``: the scene of ``bevnb.scene.random_scene(seed)`` rendered by the rig's six cameras and a
-      32-beam lidar; same seed, same sample.
+    * ``"synthetic"``: the scene of ``bevnb.scene.random_scene(seed)`` rendered by the rig's cameras and a 32-beam
+      lidar; same seed and rig, same sample.
 
-    Calibration comes from ``data/nuscenes_rig.json`` in both cases.
+    Calibration and shapes come from ``rig`` (default ``data/nuscenes_rig.json``: N = 6, 256×704).
     """
     if kind not in KINDS:
         raise ValueError(f"make_sample kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    rig = _rig_for(config)
+    rig = as_rig(rig)
     sample = rig.matrices()
     N, (iH, iW) = rig.num_cameras, rig.image_size
     if kind == "zeros":
@@ -82,18 +86,8 @@ def make_sample(kind: str = "zeros", seed: int = 0, config: CameraConfig = R50) 
         sample["gt_labels"] = [scene.labels.clone()]
         sample["instance_map"] = views.instance.unsqueeze(0)
         sample["camera_depth"] = views.depth.unsqueeze(0)
-    check_calibration(sample, config)
+    check_calibration(sample, rig.config)
     return sample
-
-
-def _rig_for(config: CameraConfig) -> Rig:
-    rig = load_rig()
-    if rig.image_size != config.image_size or rig.num_cameras != config.num_cameras:
-        raise ValueError(
-            f"the rig makes {rig.num_cameras} cameras of {rig.image_size}, the config expects "
-            f"{config.num_cameras} of {config.image_size}"
-        )
-    return rig
 
 
 def normalize_image(rgb: Tensor) -> Tensor:
@@ -116,14 +110,17 @@ def _mean_std(dtype: torch.dtype) -> tuple[Tensor, Tensor]:
 
 
 def check_calibration(sample: dict, config: CameraConfig = R50) -> None:
-    """Raise a one-line ValueError unless ``sample`` is well formed: every key of ``SAMPLE_KEYS`` with its shape,
-    finite float matrices, invertible intrinsics with positive focal lengths, invertible image/lidar augs,
-    rigid ``camera2lidar``, and ``lidar2camera``/``lidar2image`` consistent with them."""
+    """Raise a one-line ValueError unless ``sample`` is well formed for ``config``: every key of ``SAMPLE_KEYS`` with
+    its shape (as many cameras as the configuration), finite float matrices, invertible intrinsics with positive
+    focal lengths, invertible image/lidar augs, rigid ``camera2lidar``, and ``lidar2camera``/``lidar2image``
+    consistent with them."""
     missing = [k for k in SAMPLE_KEYS if k not in sample]
     if missing:
         raise ValueError(f"sample lacks {', '.join(missing)}; a sample has {', '.join(SAMPLE_KEYS)}")
     iH, iW = config.image_size
     img = sample["img"]
+    if isinstance(img, Tensor) and img.dim() == 5 and img.shape[1] != config.num_cameras:
+        raise ValueError(f"img has {img.shape[1]} cameras, the configuration (rig) has {config.num_cameras}")
     if not isinstance(img, Tensor) or img.dim() != 5 or tuple(img.shape[2:]) != (3, iH, iW):
         raise ValueError(f"img must be [B, N, 3, {iH}, {iW}], got {_shape(img)}")
     B, N = img.shape[:2]
@@ -266,14 +263,56 @@ def _tensor_dtype_names() -> str:
 EXAMPLE_MATRICES = ("camera_intrinsics", "camera2lidar", "lidar2image", "img_aug_matrix")
 
 
-def load_example_data(directory: str | Path, config: CameraConfig = R50) -> dict:
+def example_data_rig(directory: str | Path, like: Rig | str | Path | None = None) -> Rig:
+    """The rig a CUDA-BEVFusion ``example-data`` folder describes; the number of cameras comes from the files.
+
+    Per camera: the name and raw size from ``{i}-{NAME}.jpg`` (camera ``CAM_{NAME}``), K from
+    ``camera_intrinsics.tensor`` and the pose from ``camera2lidar.tensor`` (``[1, N, 4, 4]``); the resize and crop
+    from ``img_aug_matrix.tensor`` (one aug for every camera, as CUDA-BEVFusion assumes); ``lidar2ego.tensor`` when
+    present, else the identity. The network input size and the model's grid are not in the files: they come from
+    ``like`` (default: the nuScenes-like rig, 256×704 and a 360×360 grid, what upstream's example-data was made for).
+    """
+    from PIL import Image
+
+    directory, like = _example_dir(directory), as_rig(like)
+    K = _read_matrix(directory, "camera_intrinsics")
+    N = K.shape[1]
+    cams = (1, N, 4, 4)
+    camera2lidar, aug = _read_matrix(directory, "camera2lidar", cams), _read_matrix(directory, "img_aug_matrix", cams)
+    if not torch.allclose(aug, aug[:, :1].expand_as(aug)):
+        raise ValueError(f"{directory}/img_aug_matrix.tensor: cameras have different augs; a rig applies one to all")
+    resize, crop_x, crop_y = _check_resize_crop(aug[0, 0])
+    files = _camera_images(directory, N)
+    sizes = []
+    for file in files:
+        with Image.open(file) as im:
+            sizes.append((im.height, im.width))
+    return Rig(
+        name=directory.name,
+        camera_names=tuple("CAM_" + f.stem.split("-", 1)[1] for f in files),
+        raw_sizes=tuple(sizes),
+        intrinsics=K[0, :, :3, :3],
+        camera2lidar=camera2lidar[0],
+        lidar2ego=_read_matrix(directory, "lidar2ego", (1, 4, 4), torch.eye(4)[None])[0],
+        resize=resize,
+        crop=(crop_x, crop_y),
+        image_size=like.image_size,
+        xbound=like.xbound,
+        ybound=like.ybound,
+        zbound=like.zbound,
+        dbound=like.dbound,
+    )
+
+
+def load_example_data(directory: str | Path, rig: Rig | str | Path | None = None) -> dict:
     """CUDA-BEVFusion's ``example-data`` folder → a sample dict (same keys, shapes and dtypes as ``make_sample``).
 
-    Reads ``{i}-{CAMERA}.jpg`` (six raw 1600×900 RGB images, nuScenes order), ``camera_intrinsics``,
-    ``camera2lidar``, ``lidar2image`` and ``img_aug_matrix.tensor`` (``[1, 6, 4, 4]`` fp32) and ``points.tensor``
+    Reads ``{i}-{NAME}.jpg`` (raw RGB images: six 1600×900 in nuScenes order upstream), ``camera_intrinsics``,
+    ``camera2lidar``, ``lidar2image`` and ``img_aug_matrix.tensor`` (``[1, N, 4, 4]`` fp32) and ``points.tensor``
     (``[P, 5]`` fp16, returned as fp32). Images are resized and cropped as ``img_aug_matrix`` says, with bilinear
     interpolation like CUDA-BEVFusion's ``camera-normalization.cu`` (MIT resizes with PIL's default filter, so
-    pixels differ slightly), then ImageNet-normalised.
+    pixels differ slightly), then ImageNet-normalised. ``rig`` (default ``example_data_rig(directory)``) gives the
+    network input size; its cameras must be the folder's.
 
     ``lidar2camera``, ``camera2ego``, ``lidar2ego`` and ``lidar_aug_matrix`` are read when their ``.tensor`` files
     are there (``tool/dump-data.py`` writes them); otherwise ``lidar2camera = inv(camera2lidar)``, the lidar aug is
@@ -281,10 +320,8 @@ def load_example_data(directory: str | Path, config: CameraConfig = R50) -> dict
     """
     from PIL import Image
 
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise ValueError(f"{directory} is not a directory (expected CUDA-BEVFusion's example-data folder)")
-    rig = _rig_for(config)
+    directory = _example_dir(directory)
+    rig = example_data_rig(directory) if rig is None else as_rig(rig)
     cams, ego = (1, rig.num_cameras, 4, 4), (1, 4, 4)
     sample = {k: _read_matrix(directory, k, cams) for k in EXAMPLE_MATRICES}
     identity = torch.eye(4)[None]
@@ -296,15 +333,37 @@ def load_example_data(directory: str | Path, config: CameraConfig = R50) -> dict
     sample["points"] = [read_tensor(_require(directory / "points.tensor")).float()]
 
     images = []
-    for i, name in enumerate(rig.camera_names):
-        file = _require(directory / f"{i}-{name.removeprefix('CAM_')}.jpg")
+    for i, file in enumerate(_camera_images(directory, rig.num_cameras)):
         with Image.open(file) as im:
-            if (im.height, im.width) != rig.raw_size:
-                raise ValueError(f"{file}: {im.width}×{im.height} image, expected {rig.raw_size[1]}×{rig.raw_size[0]}")
-            images.append(_resize_crop(im.convert("RGB"), sample["img_aug_matrix"][0, i], config.image_size))
+            (h, w) = rig.raw_sizes[i]
+            if (im.height, im.width) != (h, w):
+                raise ValueError(f"{file}: {im.width}×{im.height} image, the rig's camera {i} is {w}×{h}")
+            images.append(_resize_crop(im.convert("RGB"), sample["img_aug_matrix"][0, i], rig.image_size))
     sample["img"] = normalize_image(torch.stack(images)).unsqueeze(0)
-    check_calibration(sample, config)
+    check_calibration(sample, rig.config)
     return sample
+
+
+def _example_dir(directory: str | Path) -> Path:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"{directory} is not a directory (expected CUDA-BEVFusion's example-data folder)")
+    return directory
+
+
+def _camera_images(directory: Path, count: int) -> list[Path]:
+    """``{i}-{NAME}.jpg`` for i = 0 … count - 1, exactly one per camera, and no camera beyond."""
+    files = []
+    for i in range(count):
+        found = sorted(directory.glob(f"{i}-*.jpg"))
+        if len(found) != 1:
+            what = "none" if not found else ", ".join(f.name for f in found)
+            raise ValueError(f"{directory}: camera {i} needs one image {i}-<NAME>.jpg, found {what}")
+        files.append(found[0])
+    extra = sorted(directory.glob(f"{count}-*.jpg"))
+    if extra:
+        raise ValueError(f"{directory}: {extra[0].name} is a camera beyond the {count} of the calibration files")
+    return files
 
 
 def _require(path: Path) -> Path:
@@ -313,14 +372,19 @@ def _require(path: Path) -> Path:
     return path
 
 
-def _read_matrix(directory: Path, key: str, shape: tuple[int, ...], default: Tensor | None = None) -> Tensor:
-    """``<key>.tensor`` as float32 of ``shape``; ``default`` when the file is absent (required when it is None)."""
+def _read_matrix(
+    directory: Path, key: str, shape: tuple[int, ...] | None = None, default: Tensor | None = None
+) -> Tensor:
+    """``<key>.tensor`` as float32 of ``shape`` (None: any ``[1, N, 4, 4]``); ``default`` when the file is absent
+    (required when it is None)."""
     file = directory / f"{key}.tensor"
     if default is not None and not file.is_file():
         return default
     value = read_tensor(_require(file))
-    if tuple(value.shape) != shape:
-        raise ValueError(f"{directory / key}.tensor must be {list(shape)}, got {list(value.shape)}")
+    cameras = value.dim() == 4 and value.shape[0] == 1 and value.shape[2:] == (4, 4)
+    if not (tuple(value.shape) == shape if shape else cameras):
+        want = list(shape) if shape else "[1, N, 4, 4]"
+        raise ValueError(f"{directory / key}.tensor must be {want}, got {list(value.shape)}")
     return value.float()
 
 
@@ -328,11 +392,17 @@ def _resize_crop(image, img_aug: Tensor, size: tuple[int, int]) -> Tensor:
     """PIL RGB image → ``[3, iH, iW]`` in [0, 1]: resize by ``img_aug[0, 0]``, crop at ``-img_aug[:2, 3]``."""
     from PIL import Image
 
-    scale, crop_x, crop_y = img_aug[0, 0].item(), -img_aug[0, 3].item(), -img_aug[1, 3].item()
-    if not torch.allclose(img_aug[:2, :2], scale * torch.eye(2)):
-        raise ValueError(f"img_aug_matrix must be a resize and a crop (no rotation or flip), got {img_aug.tolist()}")
+    scale, crop_x, crop_y = _check_resize_crop(img_aug)
     resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
     iH, iW = size
     left, top = round(crop_x), round(crop_y)
     cropped = resized.crop((left, top, left + iW, top + iH))
     return torch.from_numpy(np.asarray(cropped, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def _check_resize_crop(img_aug: Tensor) -> tuple[float, float, float]:
+    """``(resize, crop x, crop y)`` of an ``img_aug_matrix [4, 4]``; ValueError unless it is a resize and a crop."""
+    scale = img_aug[0, 0].item()
+    if not torch.allclose(img_aug[:2, :2], scale * torch.eye(2)):
+        raise ValueError(f"img_aug_matrix must be a resize and a crop (no rotation or flip), got {img_aug.tolist()}")
+    return scale, -img_aug[0, 3].item(), -img_aug[1, 3].item()
