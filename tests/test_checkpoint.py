@@ -46,7 +46,7 @@ def test_mismatch_lists_missing_unexpected_and_misshaped_keys_and_loads_nothing(
     state = dict(source.state_dict())
     del state["neck.fpn_convs.0.conv.weight"]
     state["neck.extra.weight"] = torch.zeros(1)
-    state["vtransform.frustum"] = torch.zeros(118, 16, 44, 3)  # a checkpoint for another image size
+    state["vtransform.depthnet.6.bias"] = torch.zeros(208)  # a checkpoint with 128 depth bins
     torch.save({"state_dict": {f"encoders.camera.{k}": v for k, v in state.items()}}, tmp_path / "bad.pth")
     target = bevnb.build_camera_model(seed=0)
     before = {k: v.clone() for k, v in target.state_dict().items()}
@@ -56,7 +56,7 @@ def test_mismatch_lists_missing_unexpected_and_misshaped_keys_and_loads_nothing(
     assert "\n" not in message
     assert "missing (1): neck.fpn_convs.0.conv.weight" in message
     assert "unexpected (1): neck.extra.weight" in message
-    assert "mis-shaped (1): vtransform.frustum [118, 16, 44, 3]≠[118, 32, 88, 3]" in message
+    assert "mis-shaped (1): vtransform.depthnet.6.bias [208]≠[198]" in message
     assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -14,7 +16,7 @@ from .checkpoint import CameraCheckpoint, load_camera_state, read_checkpoint
 from .fold import fold_batchnorm
 from .neck import GeneralizedLSSFPN
 from .resnet import Bottleneck, ResNet50
-from .vtransform import DepthLSSTransform
+from .vtransform import DERIVED_BUFFERS, DepthLSSTransform
 
 
 class CameraBranch(nn.Module):
@@ -82,19 +84,37 @@ def build_camera_model(
 ) -> CameraBranch:
     """The camera branch in eval mode.
 
-    * ``checkpoint=None``: deterministic random weights from ``seed`` (see ``init_default_weights``);
+    * ``checkpoint=None``: deterministic random weights from ``seed`` (see ``init_default_weights``), the same for
+      every ``config`` with the same channels and depth bins, and computed once per process;
     * a path or a ``CameraCheckpoint``: a MIT checkpoint, a plain camera state dict, or a CUDA-BEVFusion PTQ pickle
-      (BatchNorm already folded: the model is folded the same way before loading). Loading is strict.
+      (BatchNorm already folded: the model is folded the same way before loading). Learned weights load strictly;
+      the derived buffers (``vtransform.dx``, ``bx``, ``nx``, ``frustum``) come from ``config``, and when the
+      checkpoint's differ (it was made for another rig) one line says which, from what to what.
     """
     model = CameraBranch(config)
     if checkpoint is None:
-        init_default_weights(model, seed)
+        sizes = replace(R50, in_channels=config.in_channels, out_channels=config.out_channels, dbound=config.dbound)
+        model.load_state_dict(_default_weights(seed, sizes), strict=False)  # the derived buffers stay the model's
     else:
         ckpt = checkpoint if isinstance(checkpoint, CameraCheckpoint) else read_checkpoint(checkpoint)
         if ckpt.bn_folded:
             fold_batchnorm(model)
-        load_camera_state(model, ckpt.state_dict)
+        notice = load_camera_state(model, ckpt.state_dict, DERIVED_KEYS)
+        if notice:
+            print(notice)
     return model.eval()
+
+
+DERIVED_KEYS = tuple(f"vtransform.{name}" for name in DERIVED_BUFFERS)
+
+
+@cache
+def _default_weights(seed: int, config: CameraConfig) -> dict[str, Tensor]:
+    """The learned tensors of ``init_default_weights(seed)``, made once per process and configuration: they do not
+    depend on the input size or the grid, only on the channels and depth bins."""
+    model = CameraBranch(config)
+    init_default_weights(model, seed)
+    return {k: v for k, v in model.state_dict().items() if k not in DERIVED_KEYS}
 
 
 @torch.no_grad()
@@ -104,7 +124,8 @@ def init_default_weights(model: CameraBranch, seed: int = 0) -> None:
     Kaiming-normal convs, then every BatchNorm's running statistics re-estimated on a seeded random input: two
     cameras of multi-scale noise (flat regions, edges and texture, like a real image), a sparse depth map, and a
     sparse BEV-like map for the downsample. Each BN then normalises its input to about N(0, 1), so activations stay
-    O(1) through all 16 bottlenecks and the depth softmax is neither collapsed nor flat. Same seed, same weights.
+    O(1) through all 16 bottlenecks and the depth softmax is neither collapsed nor flat. Same seed, same weights; the
+    statistics inputs have R50's sizes whatever the configuration, so every rig gets the same weights.
     """
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
@@ -126,11 +147,11 @@ def init_default_weights(model: CameraBranch, seed: int = 0) -> None:
     )
 
     cfg = model.config
-    iH, iW = cfg.image_size
+    iH, iW = R50.image_size
     img = _multiscale_noise((2, 3, iH, iW), g)
     sparse = torch.rand(2, 1, iH, iW, generator=g) < 0.02
     depth = torch.where(sparse, 1.0 + 59.0 * torch.rand(2, 1, iH, iW, generator=g), torch.zeros(()))
-    X, Y = cfg.bev_size
+    X, Y = R50.bev_size
     bev = torch.relu(torch.randn(1, cfg.bev_channels, X // 2, Y // 2, generator=g)) * 3.0
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     for bn in bns:

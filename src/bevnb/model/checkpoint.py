@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,14 +65,36 @@ def read_checkpoint(path: str | Path) -> CameraCheckpoint:
     raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a BEVFusion checkpoint or state dict")
 
 
-def load_camera_state(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
-    """Load strictly, or raise one ``CheckpointError`` naming every missing, unexpected and mis-shaped key (and load
-    nothing)."""
-    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
-    problems = key_mismatch({k: tuple(v.shape) for k, v in model.state_dict().items()}, shapes)
+def load_camera_state(model: nn.Module, state_dict: dict[str, Tensor], derived: Collection[str] = ()) -> str:
+    """Load the learned tensors strictly, or raise one ``CheckpointError`` naming every missing, unexpected and
+    mis-shaped key (and load nothing).
+
+    ``derived`` keys (buffers computed from the configuration, e.g. the grid constants and the frustum) are not
+    loaded: the model keeps its own, so a checkpoint made for another input size or grid fits. Returns a one-line
+    notice naming those that differ, from what to what (``""`` when none does)."""
+    own = model.state_dict()
+    learned = {k: v for k, v in state_dict.items() if k not in derived}
+    problems = key_mismatch(
+        {k: tuple(v.shape) for k, v in own.items() if k not in derived}, {k: tuple(v.shape) for k, v in learned.items()}
+    )
     if problems:
         raise CheckpointError(f"checkpoint does not fit the camera branch: {problems}")
-    model.load_state_dict(state_dict, strict=True)
+    changed = [
+        f"{k} {_brief(state_dict[k])} → {_brief(own[k])}"
+        for k in derived
+        if k in state_dict and not _same(state_dict[k], own[k])
+    ]
+    model.load_state_dict(learned, strict=False)  # the keys were checked above; only the derived ones stay
+    return f"checkpoint made for another configuration; rebuilt from this one: {', '.join(changed)}" if changed else ""
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    return a.shape == b.shape and torch.equal(a.to(b), b)
+
+
+def _brief(t: Tensor) -> str:
+    """A buffer in a few characters: its values when it has at most 3, else its shape."""
+    return f"({', '.join(f'{v:g}' for v in t.tolist())})" if t.numel() <= 3 else str(list(t.shape))
 
 
 def key_mismatch(expected: Mapping[str, tuple[int, ...]], given: Mapping[str, tuple[int, ...]], shown: int = 8) -> str:

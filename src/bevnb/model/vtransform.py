@@ -8,7 +8,9 @@ Three small networks and the grid constants, under the upstream names:
 * ``downsample`` turns the pooled BEV ``[1, 80, 360, 360]`` into ``[1, 80, 180, 180]``.
 
 ``dx``, ``bx``, ``nx`` and ``frustum`` are persistent buffers, so they sit in ``state_dict()`` as in a BEVFusion
-checkpoint (upstream stores them as frozen Parameters; the keys and shapes are the same).
+checkpoint (upstream stores them as frozen Parameters; the keys and shapes are the same). They are derived from the
+configuration (grid and input size), not learned: loading a checkpoint made for another rig rebuilds them
+(``DERIVED_BUFFERS``, see ``checkpoint.load_camera_state``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride:
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     ]
+
+
+DERIVED_BUFFERS = ("dx", "bx", "nx", "frustum")  # computed from the CameraConfig, never learned
 
 
 class DepthLSSTransform(nn.Module):
