@@ -1,4 +1,5 @@
-"""Shared fixtures: one default model, one synthetic sample, and its stage outputs, built once per session."""
+"""Shared fixtures: one default model, one synthetic sample, and its stage outputs, built once per session; the
+exported graphs of the default rig and of the five-camera rig."""
 
 from __future__ import annotations
 
@@ -40,3 +41,19 @@ def onnx_dirs():
         return made[precision]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def five_rig():
+    """The second shipped rig: five cameras, 384×1056 input, a 256×128 grid."""
+    from bevnb.rig import FIVE_CAMERA_RIG_PATH, load_rig
+
+    return load_rig(FIVE_CAMERA_RIG_PATH)
+
+
+@pytest.fixture(scope="session")
+def five_onnx(five_rig):
+    """The fp16 graphs of the default weights for the five-camera rig, shared with chapter 08."""
+    from bevnb.validation import ensure_exported
+
+    return ensure_exported("fp16", verbose=False, config=five_rig.config)

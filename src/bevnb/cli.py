@@ -1,12 +1,15 @@
 """bevnb: the tutorial's steps without a notebook.
 
-    bevnb export --precision {fp16,int8} --out DIR [--checkpoint FILE] [--seed N]
+    bevnb export --precision {fp16,int8} --out DIR [--rig RIG.json] [--checkpoint FILE] [--seed N]
                  [--calib-samples N] [--calibration FILE]
-    bevnb inspect FILE.onnx
-    bevnb validate [--precision fp16 int8] [--onnx-dir DIR] [--samples N] [--backend B] [--example-data DIR]
+    bevnb inspect [FILE.onnx] [--rig RIG.json]
+    bevnb validate [--precision fp16 int8] [--rig RIG.json] [--onnx-dir DIR] [--samples N] [--backend B]
+                   [--example-data DIR]
     bevnb bench bevpool [benchmark options, see `bevnb bench bevpool --help`]   (from a checkout)
 
-Every command exits 2 with a one-line reason on bad input; ``validate`` exits 1 when a tolerance is broken.
+``--rig`` names a rig file (``docs/rig_format.md``; default ``data/nuscenes_rig.json``): cameras, input size and BEV
+grid, so the graphs' static shapes and the plan follow it. Every command exits 2 with a one-line reason on bad
+input; ``validate`` exits 1 when a tolerance is broken.
 """
 
 from __future__ import annotations
@@ -36,22 +39,27 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write camera.backbone.onnx and camera.vtransform.onnx")
     p.add_argument("--precision", choices=("fp16", "int8"), default="fp16")
     p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
+    p.add_argument("--rig", type=Path, help=RIG_HELP)
     p.add_argument("--checkpoint", type=Path, help="MIT checkpoint, camera state dict or CUDA-BEVFusion PTQ pickle")
     p.add_argument("--seed", type=int, default=0, help="seed of the default weights (without --checkpoint)")
     p.add_argument("--calib-samples", type=int, default=None, help="synthetic scenes to calibrate int8 on")
     p.add_argument("--calibration", type=Path, help="a saved bevnb calibration (amax) to use instead")
     p.set_defaults(run=_export)
 
-    p = sub.add_parser("inspect", help="print a graph's I/O, operators, Q/DQ and module tree")
-    p.add_argument("file", type=Path)
+    p = sub.add_parser("inspect", help="print a graph's I/O, operators, Q/DQ and module tree, or a rig's I/O")
+    p.add_argument("file", type=Path, nargs="?", help="an ONNX file")
+    p.add_argument("--rig", type=Path, help="print the cameras, the graphs' I/O shapes and the plan this rig implies")
     p.set_defaults(run=_inspect)
 
     p = sub.add_parser("validate", help="compare the split pipeline with the PyTorch model, stage by stage")
     p.add_argument("--precision", nargs="+", choices=("fp16", "int8"), default=["fp16", "int8"])
-    p.add_argument("--onnx-dir", type=Path, help="folder with both graphs (default: build/onnx/<precision>)")
+    p.add_argument("--rig", type=Path, help=RIG_HELP)
+    p.add_argument("--onnx-dir", type=Path, help="folder with both graphs (default: build/onnx/<precision>…)")
     p.add_argument("--samples", type=int, default=1, help="held-out synthetic scenes to compare on")
     p.add_argument("--backend", default="triton", help="bev_pool backend (default: triton)")
-    p.add_argument("--example-data", type=Path, help="CUDA-BEVFusion example-data folder to compare on instead")
+    p.add_argument(
+        "--example-data", type=Path, help="CUDA-BEVFusion example-data folder to compare on instead (its cameras)"
+    )
     p.set_defaults(run=_validate)
 
     p = sub.add_parser("bench", help="benchmarks")
@@ -61,15 +69,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+RIG_HELP = "rig file: cameras, input size, BEV grid (default: data/nuscenes_rig.json)"
+
+
 def _export(args: argparse.Namespace) -> int:
     from . import quant
     from .export import export_camera
     from .model import build_camera_model, read_checkpoint
+    from .rig import as_rig
 
     if args.precision != "int8" and (args.calibration or args.calib_samples):
         raise ValueError("--calibration and --calib-samples only apply to --precision int8")
+    rig = as_rig(args.rig)
     ckpt = read_checkpoint(args.checkpoint) if args.checkpoint else None
-    model = build_camera_model(ckpt, seed=args.seed)
+    model = build_camera_model(ckpt, seed=args.seed, config=rig.config)
     if args.precision == "int8":
         calibration = args.calibration or (ckpt.amax if ckpt is not None and ckpt.amax else None)
         samples = args.calib_samples or quant.DEFAULT_CALIB_SAMPLES
@@ -82,31 +95,56 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .graphs import describe
+    if args.file is None and args.rig is None:
+        raise ValueError("name an ONNX file, a rig (--rig RIG.json), or both")
+    if args.file is not None:
+        from .graphs import describe
 
-    print(describe(args.file))
+        print(describe(args.file))
+    if args.rig is not None:
+        from .data import make_sample
+        from .geometry import plan_bev_pool
+        from .rig import load_rig, rig_table
+        from .subclass import io_table
+
+        rig = load_rig(args.rig)
+        plan = plan_bev_pool(make_sample("zeros", rig=rig), rig.config).summary()
+        print(rig_table(rig), io_table(rig.config), sep="\n\n")
+        X, Y, Z = rig.config.grid_size
+        print(
+            f"\nplan: {plan['kept points']:,} of {plan['candidate points']:,} frustum points kept, "
+            f"{plan['cells hit']:,} of {X * Y * Z:,} cells hit, longest interval {plan['max points/cell']:.0f} points"
+        )
     return 0
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .data import load_example_data, make_sample
+    from .data import example_data_rig, load_example_data, make_sample
     from .model import build_camera_model
     from .pipeline import SplitCamera
     from .quant import HELD_OUT_SEED
+    from .rig import as_rig
     from .validation import ensure_exported, validate
 
     if args.onnx_dir and len(args.precision) != 1:
         raise ValueError("--onnx-dir holds one precision: name it with --precision fp16 or --precision int8")
     if args.samples < 1:
         raise ValueError(f"--samples must be at least 1, got {args.samples}")
-    dirs = {args.precision[0]: args.onnx_dir} if args.onnx_dir else {p: ensure_exported(p) for p in args.precision}
-    splits = {precision: SplitCamera(path, args.backend) for precision, path in dirs.items()}
+    rig = as_rig(args.rig)
+    if args.example_data:  # the folder's cameras; the input size and the grid of --rig
+        rig = example_data_rig(args.example_data, like=rig)
+    config = rig.config
+    if args.onnx_dir:
+        dirs = {args.precision[0]: args.onnx_dir}
+    else:
+        dirs = {p: ensure_exported(p, config=config) for p in args.precision}
+    splits = {precision: SplitCamera(path, args.backend, config) for precision, path in dirs.items()}
     if args.example_data:
-        samples = {"example-data": load_example_data(args.example_data)}
+        samples = {"example-data": load_example_data(args.example_data, rig)}
     else:
         seeds = range(HELD_OUT_SEED, HELD_OUT_SEED + args.samples)  # never used for calibration
-        samples = {f"synthetic-{s}": make_sample("synthetic", seed=s) for s in seeds}
-    result = validate(build_camera_model(), splits, samples)
+        samples = {f"synthetic-{s}": make_sample("synthetic", seed=s, rig=rig) for s in seeds}
+    result = validate(build_camera_model(config=config), splits, samples)
     print(result.table())
     print()
     print(result.timing_table())

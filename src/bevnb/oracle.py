@@ -25,16 +25,18 @@ from .config import R50, CameraConfig
 from .data import denormalize_image
 from .geometry import BevPoolPlan, depth_map
 
-FOOTPRINT_MARGIN_M = 0.6
+FOOTPRINT_MARGIN_M = 0.6  # chapter 07's margin for R50's 0.3 m cells; see footprint_margin for any grid
 BOX_CHANNEL0 = 4  # channels 0–2 colour, 3 count, then one per box
 
 
 @dataclass
 class OracleLift:
     """``bev [1, C, X, Y]``: channels 0–2 the summed colour, 3 the number of lifted points, 4 + k the mass of box k;
-    ``lifted`` and ``inside`` hold each box's total lifted mass and the part inside its grown footprint, per box
-    ``[K]``; ``lidar_points`` counts the lidar points inside each box, ``seen_pixels`` the image pixels where a
-    camera sees the box and holds a consistent lidar depth (a box "seen by a camera and the lidar")."""
+    ``lifted`` and ``inside`` hold each box's total lifted mass and the part inside its footprint grown by ``margin``
+    metres, per box ``[K]``; ``lidar_points`` counts the lidar points inside each box, ``seen_pixels`` the image
+    pixels where a camera sees the box and holds a consistent lidar depth (a box "seen by a camera and the lidar");
+    ``in_grid`` says whether the box's footprint covers a cell of the BEV grid at all (a rig's grid may end before
+    a box that its cameras still see)."""
 
     bev: Tensor
     boxes: Tensor
@@ -42,11 +44,13 @@ class OracleLift:
     inside: Tensor
     lidar_points: Tensor
     seen_pixels: Tensor
+    in_grid: Tensor
+    margin: float
 
     @property
     def share_inside(self) -> Tensor:
-        """Per box, the fraction of its lifted mass inside its footprint grown by ``FOOTPRINT_MARGIN_M`` (NaN when
-        nothing of it was lifted)."""
+        """Per box, the fraction of its lifted mass inside its footprint grown by ``margin`` (NaN when nothing of it
+        was lifted)."""
         return torch.where(self.lifted > 0, self.inside / self.lifted.clamp_min(1e-12), float("nan"))
 
 
@@ -115,6 +119,13 @@ def weighted_points(plan: BevPoolPlan, depth_weights: Tensor) -> BevPoolPlan:
     return plan.select_points(depth_weights.flatten()[plan.ranks_depth.long()] != 0)
 
 
+def footprint_margin(config: CameraConfig = R50) -> float:
+    """The cell diagonal plus the depth-bin step (m): how far a lifted point can sit from the surface it came from,
+    through truncation into a cell and rounding to a depth bin. 0.92 m for R50, 1.17 m for 0.3 m × 0.6 m cells."""
+    (dx, dy, _), step = config.cell_size, config.dbound[2]
+    return math.hypot(dx, dy) + step
+
+
 def footprint_mask(box: Tensor, config: CameraConfig = R50, margin: float = FOOTPRINT_MARGIN_M) -> Tensor:
     """``[X, Y]`` bool: BEV cells whose centre lies in the box's footprint grown by ``margin`` metres per side."""
     X, Y, _ = config.grid_size
@@ -140,18 +151,26 @@ def lidar_points_in_boxes(points: Tensor, boxes: Tensor) -> Tensor:
 
 
 def oracle_lift(
-    sample: dict, plan: BevPoolPlan, backend: str = "triton", layers: int = 2, config: CameraConfig = R50
+    sample: dict,
+    plan: BevPoolPlan,
+    backend: str = "triton",
+    layers: int = 2,
+    config: CameraConfig = R50,
+    margin: float = FOOTPRINT_MARGIN_M,
 ) -> OracleLift:
     """Lift the ground truth of a synthetic sample through ``plan`` with the ``backend`` kernel, layer by layer
-    (``oracle_layers``), each layer pooling only the plan's weighted points (``weighted_points``)."""
+    (``oracle_layers``), each layer pooling only the plan's weighted points (``weighted_points``), and measure each
+    box's mass inside its footprint grown by ``margin`` metres."""
     bev = torch.zeros(plan.output_shape)
     for depth_weights, features in oracle_layers(sample, layers, config):
         bev += bev_pool(depth_weights, features, weighted_points(plan, depth_weights), backend)
     boxes = sample["gt_boxes"][0]
     mass = bev[0, BOX_CHANNEL0 : BOX_CHANNEL0 + len(boxes)]
     lifted = mass.sum((1, 2))
-    inside = torch.stack([mass[k][footprint_mask(box, config)].sum() for k, box in enumerate(boxes)])
+    inside = torch.stack([mass[k][footprint_mask(box, config, margin)].sum() for k, box in enumerate(boxes)])
+    in_grid = torch.stack([footprint_mask(box, config, 0.0).any() for box in boxes])
     seen = torch.isfinite(consistent_lidar_depth(sample, config))
     instance = sample["instance_map"][0]
     seen_pixels = torch.tensor([int((seen & (instance == k)).sum()) for k in range(len(boxes))])
-    return OracleLift(bev, boxes, lifted, inside, lidar_points_in_boxes(sample["points"][0], boxes), seen_pixels)
+    points = lidar_points_in_boxes(sample["points"][0], boxes)
+    return OracleLift(bev, boxes, lifted, inside, points, seen_pixels, in_grid, margin)

@@ -20,7 +20,7 @@ from torch import Tensor
 from .bevpool import bev_pool, resolve_backend
 from .config import R50, CameraConfig
 from .geometry import depth_map, plan_bev_pool
-from .subclass import BACKBONE_FILE, BACKBONE_IO, VTRANSFORM_FILE, VTRANSFORM_IO
+from .subclass import BACKBONE_FILE, BACKBONE_IO, VTRANSFORM_FILE, VTRANSFORM_IO, io_shapes
 
 
 def onnx_providers() -> list[str]:
@@ -70,6 +70,7 @@ class OnnxGraph:
         self.session = ort.InferenceSession(source, options, providers=providers or onnx_providers())
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.shapes = {t.name: tuple(t.shape) for t in (*self.session.get_inputs(), *self.session.get_outputs())}
 
     def __call__(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         feeds = {name: t.detach().cpu().numpy() for name, t in zip(self.input_names, inputs, strict=True)}
@@ -96,8 +97,10 @@ class SplitResult:
 class SplitCamera:
     """The deployed camera branch: ``camera.backbone.onnx`` → bev_pool → ``camera.vtransform.onnx``.
 
-    ``SplitCamera(onnx_dir)(sample)`` → ``SplitResult`` with ``depth_map``, ``features`` ``[N, fH, fW, C]``,
-    ``depth_weights`` ``[N, D, fH, fW]``, ``bev`` ``[1, C, X, Y]`` and ``bev_downsampled`` ``[1, C, X/2, Y/2]``.
+    ``SplitCamera(onnx_dir, config=rig.config)(sample)`` → ``SplitResult`` with ``depth_map``, ``features``
+    ``[N, fH, fW, C]``, ``depth_weights`` ``[N, D, fH, fW]``, ``bev`` ``[1, C, X, Y]`` and ``bev_downsampled``
+    ``[1, C, X/2, Y/2]``. The graphs' names and static shapes must be those ``config`` implies
+    (``subclass.io_shapes``): graphs exported for another rig fail here, in one line.
     """
 
     def __init__(
@@ -110,8 +113,9 @@ class SplitCamera:
         onnx_dir = Path(onnx_dir)
         self.backbone = OnnxGraph(onnx_dir / BACKBONE_FILE, providers)
         self.vtransform = OnnxGraph(onnx_dir / VTRANSFORM_FILE, providers)
-        _check_io(self.backbone, BACKBONE_IO)
-        _check_io(self.vtransform, VTRANSFORM_IO)
+        shapes = io_shapes(config)
+        _check_io(self.backbone, BACKBONE_IO, shapes[BACKBONE_FILE])
+        _check_io(self.vtransform, VTRANSFORM_IO, shapes[VTRANSFORM_FILE])
         resolve_backend(bev_pool_backend, "cpu")  # an unknown name fails here, not after the backbone has run
         self.bev_pool_backend = bev_pool_backend
         self.config = config
@@ -136,9 +140,14 @@ class SplitCamera:
         return SplitResult(out, timings)
 
 
-def _check_io(graph: OnnxGraph, io: tuple[tuple[str, ...], tuple[str, ...]]) -> None:
+def _check_io(
+    graph: OnnxGraph, io: tuple[tuple[str, ...], tuple[str, ...]], shapes: dict[str, tuple[int, ...]]
+) -> None:
     if (tuple(graph.input_names), tuple(graph.output_names)) != io:
         raise ValueError(
             f"{graph.path.name}: expected inputs {list(io[0])} and outputs {list(io[1])}, "
             f"got {graph.input_names} and {graph.output_names}"
         )
+    wrong = [f"{k} {list(graph.shapes[k])}≠{list(v)}" for k, v in shapes.items() if graph.shapes[k] != v]
+    if wrong:
+        raise ValueError(f"{graph.path.name} was exported for another configuration (rig): {', '.join(wrong)}")

@@ -5,19 +5,48 @@ before the cut becomes ``camera.backbone.onnx``; the outer product and the pooli
 the downsample after it becomes ``camera.vtransform.onnx``.
 
 This module also owns the split's interface, the names CUDA-BEVFusion's runtime binds (``camera-backbone.cu``,
-``camera-vtransform.cu``): the two file names and each graph's ``(input names, output names)``.
+``camera-vtransform.cu``): the two file names, each graph's ``(input names, output names)``, and the static shapes a
+configuration (a rig) gives them (``io_shapes``).
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .config import R50, CameraConfig
 from .model import CameraBranch
+from .tables import Table
 
 BACKBONE_FILE = "camera.backbone.onnx"
 VTRANSFORM_FILE = "camera.vtransform.onnx"
 BACKBONE_IO = (("img", "depth"), ("camera_feature", "camera_depth_weights"))
 VTRANSFORM_IO = (("feat_in",), ("feat_out",))
+
+
+def io_shapes(config: CameraConfig = R50) -> dict[str, dict[str, tuple[int, ...]]]:
+    """Every input and output shape of both graphs for ``config``, by file and tensor name (inputs first):
+
+    ``img [1, N, 3, iH, iW]``, ``depth [1, N, 1, iH, iW]`` → ``camera_feature [N, fH, fW, C]``,
+    ``camera_depth_weights [N, D, fH, fW]``; ``feat_in [1, Z·C, X, Y]`` → ``feat_out [1, Z·C, X/2, Y/2]``.
+    """
+    N, (iH, iW), (fH, fW) = config.num_cameras, config.image_size, config.feature_size
+    D, C, ZC = config.depth_bins, config.out_channels, config.bev_channels
+    shapes = ((1, N, 3, iH, iW), (1, N, 1, iH, iW), (N, fH, fW, C), (N, D, fH, fW))
+    return {
+        BACKBONE_FILE: dict(zip(BACKBONE_IO[0] + BACKBONE_IO[1], shapes, strict=True)),
+        VTRANSFORM_FILE: {"feat_in": (1, ZC, *config.bev_size), "feat_out": (1, ZC, *config.out_bev_size)},
+    }
+
+
+def io_table(config: CameraConfig = R50) -> Table:
+    """``io_shapes(config)`` as a table: graph, input/output, name, shape."""
+    io = {BACKBONE_FILE: BACKBONE_IO, VTRANSFORM_FILE: VTRANSFORM_IO}
+    rows = [
+        (graph, "input" if name in io[graph][0] else "output", name, list(shape))
+        for graph, shapes in io_shapes(config).items()
+        for name, shape in shapes.items()
+    ]
+    return Table(rows, ("graph", "", "tensor", "shape"), "the split's I/O (static shapes)")
 
 
 class SubclassCameraModule(nn.Module):

@@ -22,8 +22,9 @@ from .bevpool.traffic import BANDWIDTHS, Traffic
 from .config import R50, CameraConfig
 from .data import denormalize_image
 from .geometry import BevPoolPlan, create_frustum, get_geometry
-from .oracle import BOX_CHANNEL0, FOOTPRINT_MARGIN_M, OracleLift
-from .scene import CLASS_NAMES, box_corners, load_rig
+from .oracle import BOX_CHANNEL0, OracleLift
+from .rig import Rig, as_rig
+from .scene import CLASS_NAMES, box_corners
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -35,37 +36,63 @@ if TYPE_CHECKING:
 MOSAIC_LAYOUT = (("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT"), ("CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"))
 
 
-def _mosaic_axes(title: str, width: float = 15.0) -> tuple[Figure, dict[str, Axes]]:
-    """A 2×3 grid of image axes keyed by camera name, in ``MOSAIC_LAYOUT``."""
-    iH, iW = load_rig().image_size
-    fig = Figure(figsize=(width, 2 * width / 3 * iH / iW + 0.9), layout="constrained")
-    axes = fig.subplots(2, 3)
+def mosaic_layout(rig: Rig) -> tuple[tuple[str | None, ...], ...]:
+    """Rows of camera names for a mosaic: ``MOSAIC_LAYOUT`` for nuScenes' six cameras, else rows of three, left to
+    right as seen from the car (decreasing heading), padded with None."""
+    names = rig.camera_names
+    if sorted(names) == sorted(n for row in MOSAIC_LAYOUT for n in row):
+        return MOSAIC_LAYOUT
+    ordered = [names[i] for i in rig.headings_deg.argsort(descending=True).tolist()]
+    padded = ordered + [None] * (-len(ordered) % 3)
+    return tuple(tuple(padded[i : i + 3]) for i in range(0, len(padded), 3))
+
+
+def _mosaic_axes(title: str, rig: Rig, width: float = 15.0) -> tuple[Figure, dict[str, Axes]]:
+    """A grid of image axes keyed by camera name, in ``mosaic_layout(rig)``."""
+    iH, iW = rig.image_size
+    layout = mosaic_layout(rig)
+    fig = Figure(figsize=(width, len(layout) * width / 3 * iH / iW + 0.9), layout="constrained")
+    axes = fig.subplots(len(layout), 3, squeeze=False)
     fig.suptitle(title)
     named = {}
-    for row, names in zip(axes, MOSAIC_LAYOUT, strict=True):
+    for row, names in zip(axes, layout, strict=True):
         for ax, name in zip(row, names, strict=True):
             ax.set_axis_off()
-            named[name] = ax
+            if name is not None:
+                named[name] = ax
     return fig, named
 
 
-def camera_mosaic(sample: dict, title: str | None = None) -> Figure:
-    """The six network-input images ``img [1, N, 3, iH, iW]`` (de-normalised) in the nuScenes layout."""
+def _rig_of(sample: dict, rig: Rig | str | Path | None) -> Rig:
+    rig = as_rig(rig)
+    if sample["img"].shape[1] != rig.num_cameras:
+        raise ValueError(f"the sample has {sample['img'].shape[1]} cameras, the rig {rig.num_cameras}: pass its rig")
+    return rig
+
+
+def camera_mosaic(sample: dict, title: str | None = None, rig: Rig | str | Path | None = None) -> Figure:
+    """The network-input images ``img [1, N, 3, iH, iW]`` (de-normalised) of ``rig``'s cameras (default: the
+    nuScenes-like rig, in nuScenes' layout)."""
     img = sample["img"][0].detach().float().cpu()
-    fig, axes = _mosaic_axes(title or f"img {list(sample['img'].shape)}: the six cameras after resize 0.48 + crop")
-    for n, name in enumerate(load_rig().camera_names):
+    rig = _rig_of(sample, rig)
+    what = f"the {rig.num_cameras} cameras after resize {rig.resize:g} + crop"
+    fig, axes = _mosaic_axes(title or f"img {list(sample['img'].shape)}: {what}", rig)
+    for n, name in enumerate(rig.camera_names):
         axes[name].imshow(denormalize_image(img[n]).permute(1, 2, 0).numpy(), interpolation="nearest")
         axes[name].set_title(f"{n}: {name} [3, {img.shape[2]}, {img.shape[3]}]", fontsize=9)
     return fig
 
 
-def depth_overlay(sample: dict, depth: torch.Tensor, max_depth: float = 60.0) -> Figure:
+def depth_overlay(
+    sample: dict, depth: torch.Tensor, max_depth: float = 60.0, rig: Rig | str | Path | None = None
+) -> Figure:
     """Lidar depth ``depth [1, N, 1, iH, iW]`` (m, 0 = no point) as coloured dots over each camera image."""
     img = sample["img"][0].detach().float().cpu()
     d = depth[0, :, 0].detach().float().cpu()
-    fig, axes = _mosaic_axes(f"depth {list(depth.shape)}: lidar points projected into each camera")
+    rig = _rig_of(sample, rig)
+    fig, axes = _mosaic_axes(f"depth {list(depth.shape)}: lidar points projected into each camera", rig)
     mappable = None
-    for n, name in enumerate(load_rig().camera_names):
+    for n, name in enumerate(rig.camera_names):
         ax = axes[name]
         ax.imshow(denormalize_image(img[n]).permute(1, 2, 0).numpy() * 0.6, interpolation="nearest")
         rows, cols = torch.nonzero(d[n] > 0, as_tuple=True)
@@ -75,14 +102,16 @@ def depth_overlay(sample: dict, depth: torch.Tensor, max_depth: float = 60.0) ->
     return fig
 
 
-def instance_overlay(sample: dict) -> Figure:
+def instance_overlay(sample: dict, rig: Rig | str | Path | None = None) -> Figure:
     """``instance_map [1, N, iH, iW]`` (which box each pixel sees) tinted over the camera images, with box indices."""
     img = sample["img"][0].detach().float().cpu()
     instance = sample["instance_map"][0]
     K = len(sample["gt_boxes"][0])
-    fig, axes = _mosaic_axes(f"instance_map {list(sample['instance_map'].shape)}: the box each pixel sees (-1: none)")
+    rig = _rig_of(sample, rig)
+    title = f"instance_map {list(sample['instance_map'].shape)}: the box each pixel sees (-1: none)"
+    fig, axes = _mosaic_axes(title, rig)
     colors = torch.tensor(matplotlib.colormaps["tab20"].colors)[torch.arange(K) % 20]
-    for n, name in enumerate(load_rig().camera_names):
+    for n, name in enumerate(rig.camera_names):
         ax, ids = axes[name], instance[n]
         rgb = denormalize_image(img[n]).permute(1, 2, 0)
         tint = torch.where((ids >= 0)[..., None], 0.4 * rgb + 0.6 * colors[ids.clamp(min=0)], 0.5 * rgb)
@@ -94,20 +123,32 @@ def instance_overlay(sample: dict) -> Figure:
     return fig
 
 
-def bev_plot(sample: dict, config: CameraConfig = R50, title: str | None = None) -> Figure:
+def _frustum_outlines(sample: dict, config: CameraConfig) -> Tensor:
+    """``[N, 2·D, 2]``: each camera's frustum seen from above (lidar x, y), near to far along its left edge, then far
+    to near along its right edge, at the middle feature row (with level cameras every row has the same footprint)."""
+    geometry = get_geometry(
+        create_frustum(config), sample["camera2lidar"], sample["camera_intrinsics"], sample["img_aug_matrix"]
+    )[0, :, :, config.feature_size[0] // 2, :, :2]  # [N, D, fW, 2]
+    return torch.cat((geometry[:, :, 0], geometry[:, :, -1].flip(1)), 1)
+
+
+def _grid_outline(ax: Axes, config: CameraConfig) -> None:
+    (x0, x1, _), (y0, y1, _) = config.xbound, config.ybound
+    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ls="--", ec="k", lw=0.8, label="BEV grid"))
+
+
+def bev_plot(sample: dict, rig: Rig | str | Path | None = None, title: str | None = None) -> Figure:
     """Top-down view of a sample in the lidar frame: lidar points coloured by height, ground-truth boxes (when
     the sample has them), each camera's frustum footprint (``dbound`` near to far) and the BEV grid's bounds.
 
     Axes are metric (x right, y forward, as nuScenes' LIDAR_TOP); the bev_pool tensor stores the same grid with
     rows = x and columns = y.
     """
+    rig = _rig_of(sample, rig)
+    config = rig.config
     fig = Figure(figsize=(7.5, 8.0), layout="constrained")
     ax = fig.subplots()
-    geometry = get_geometry(
-        create_frustum(config), sample["camera2lidar"], sample["camera_intrinsics"], sample["img_aug_matrix"]
-    )[0, :, :, 0, :, :2]  # [N, D, fW, 2]: frustum row 0; with level cameras every row has the same footprint
-    for n, name in enumerate(load_rig().camera_names):
-        outline = torch.cat((geometry[n, :, 0], geometry[n, :, -1].flip(0)))
+    for n, (name, outline) in enumerate(zip(rig.camera_names, _frustum_outlines(sample, config), strict=True)):
         ax.fill(outline[:, 0], outline[:, 1], alpha=0.12, color=f"C{n}", label=f"{name} frustum")
     points = sample["points"][0]
     dots = ax.scatter(points[:, 0], points[:, 1], c=points[:, 2], s=0.3, cmap="viridis", vmin=-2.0, vmax=3.0)
@@ -119,7 +160,7 @@ def bev_plot(sample: dict, config: CameraConfig = R50, title: str | None = None)
             front = corners[[0, 3], :2].mean(0)  # the +dx face: the box's heading
             ax.plot([corners[:4, 0].mean(), front[0]], [corners[:4, 1].mean(), front[1]], color=color, lw=1.0)
     (x0, x1, _), (y0, y1, _) = config.xbound, config.ybound
-    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ls="--", ec="k", lw=0.8, label="BEV grid"))
+    _grid_outline(ax, config)
     ax.plot(0, 0, "k^", ms=6, label="lidar")
     ax.set(xlim=(x0 - 8, x1 + 8), ylim=(y0 - 8, y1 + 8), aspect="equal", xlabel="x (m, right)", ylabel="y (m, forward)")
     X, Y, _ = config.grid_size
@@ -127,6 +168,47 @@ def bev_plot(sample: dict, config: CameraConfig = R50, title: str | None = None)
         title or f"points {list(points.shape)}, frustum footprints, BEV grid {X}×{Y} cells of {config.xbound[2]} m"
     )
     fig.legend(loc="outside lower center", ncols=4, fontsize=7)
+    return fig
+
+
+def rig_plot(rig: Rig | str | Path | None = None, grid_lines: int = 16) -> Figure:
+    """A rig from above, in the lidar frame (metres). Left: each camera's frustum footprint (the middle feature row,
+    ``dbound``'s nearest to farthest bin) and the BEV grid with a line every ``grid_lines`` cells. Right: the car,
+    zoomed: each camera's position and optical axis, the lidar and the ego origin (``lidar2ego``)."""
+    rig = as_rig(rig)
+    config = rig.config
+    (x0, x1, dx), (y0, y1, dy) = config.xbound, config.ybound
+    X, Y, _ = config.grid_size
+    fig = Figure(figsize=(13.0, 6.6), layout="constrained")
+    overview, car = fig.subplots(1, 2, width_ratios=(1.6, 1.0))
+    for i in range(0, X + 1, grid_lines):
+        overview.plot([x0 + i * dx] * 2, [y0, y1], color="0.88", lw=0.5)
+    for j in range(0, Y + 1, grid_lines):
+        overview.plot([x0, x1], [y0 + j * dy] * 2, color="0.88", lw=0.5)
+    _grid_outline(overview, config)
+    headings = rig.headings_deg
+    outlines = _frustum_outlines(rig.matrices(), config)
+    for n, name in enumerate(rig.camera_names):
+        label = f"{name} ({round(float(headings[n])) + 0:+d}°)"
+        overview.fill(outlines[n, :, 0], outlines[n, :, 1], alpha=0.15, color=f"C{n}", label=label)
+        (cx, cy), (ax_x, ax_y) = rig.camera2lidar[n, :2, 3].tolist(), rig.camera2lidar[n, :2, 2].tolist()
+        car.plot(cx, cy, "o", color=f"C{n}")
+        car.annotate("", (cx + ax_x, cy + ax_y), (cx, cy), arrowprops={"arrowstyle": "->", "color": f"C{n}"})
+        car.annotate(name, (cx, cy), fontsize=7, xytext=(4, -10), textcoords="offset points")
+    ego = torch.linalg.inv(rig.lidar2ego.double())[:2, 3].tolist()
+    for ax in (overview, car):
+        ax.plot(0, 0, "k^", ms=6)
+        ax.plot(*ego, "ks", ms=5)
+        ax.set(aspect="equal", xlabel="x (m, right)", ylabel="y (m, forward)")
+    overview.set(xlim=(x0 - 6, x1 + 6), ylim=(y0 - 6, y1 + 6))
+    overview.set_title(
+        f"{rig.name}: {rig.num_cameras} cameras, input {'×'.join(map(str, config.image_size))}, "
+        f"grid {X}×{Y} cells of {dx:g} m × {dy:g} m",
+        fontsize=10,
+    )
+    car.set(xlim=(-2.5, 2.5), ylim=(-2.5, 2.5))
+    car.set_title("camera positions and optical axes (1 m); ▲ lidar, ■ ego origin", fontsize=10)
+    fig.legend(loc="outside lower center", ncols=min(6, rig.num_cameras + 1), fontsize=8)
     return fig
 
 
@@ -152,16 +234,22 @@ def write_readme_figures(sample: dict, out_dir: str | Path, dpi: int = 80) -> li
 # --- chapter 06: the bev_pool plan and its benchmark ------------------------------------------------------------------
 
 
-def plan_cells_per_camera(plan: BevPoolPlan, config: CameraConfig = R50) -> Figure:
+def plan_cells_per_camera(plan: BevPoolPlan, rig: Rig | str | Path | None = None) -> Figure:
     """Where each camera's kept frustum points land: points per BEV cell (log colour, white = none), one panel per
     camera in the mosaic layout. Axes as ``bev_plot`` (x right, y forward); the tensor's rows are x, columns y."""
+    rig = as_rig(rig)
+    config = rig.config
     counts = plan.cell_counts().sum(1)  # [N, X, Y]: the Z slices summed
-    names = load_rig().camera_names
+    names = rig.camera_names
     (x0, x1, _), (y0, y1, _) = config.xbound, config.ybound
-    fig = Figure(figsize=(13.0, 9.0), layout="constrained")
-    axes = fig.subplots(2, 3, sharex=True, sharey=True)
+    layout = mosaic_layout(rig)
+    fig = Figure(figsize=(13.0, 4.25 * len(layout) * (y1 - y0) / (x1 - x0) + 0.5), layout="constrained")
+    axes = fig.subplots(len(layout), 3, sharex=True, sharey=True, squeeze=False)
     vmax = max(2, int(counts.max()))
-    for ax, name in zip(axes.flat, (n for row in MOSAIC_LAYOUT for n in row), strict=True):
+    for ax, name in zip(axes.flat, (n for row in layout for n in row), strict=True):
+        if name is None:
+            ax.set_axis_off()
+            continue
         n = names.index(name)
         cells = counts[n].T.float()  # [Y, X]: image rows y (up, with origin="lower"), columns x
         shown = ax.imshow(
@@ -292,7 +380,7 @@ def oracle_bev(lift: OracleLift, config: CameraConfig = R50) -> Figure:
     (x0, _, dx), (y0, _, dy) = config.xbound, config.ybound
     mass = bev[BOX_CHANNEL0 : BOX_CHANNEL0 + len(lift.boxes)]
     grown = lift.boxes.clone()
-    grown[:, 3:5] += 2 * FOOTPRINT_MARGIN_M
+    grown[:, 3:5] += 2 * lift.margin
     for k, (corners, grown_corners) in enumerate(zip(box_corners(lift.boxes), box_corners(grown), strict=True)):
         rows, cols = mass[k].nonzero().unbind(1)
         right.scatter(x0 + dx * (rows + 0.5), y0 + dy * (cols + 0.5), s=4, color=f"C{k % 10}")
@@ -311,10 +399,11 @@ def oracle_bev(lift: OracleLift, config: CameraConfig = R50) -> Figure:
             textcoords="offset points",
         )
     right.set(xlabel="x (m, right)", ylabel="y (m, forward)", aspect="equal")
-    right.set_title(f"cells that received box mass; dashed: footprint + {FOOTPRINT_MARGIN_M} m", fontsize=10)
-    reach = lift.boxes[:, :2].abs().max().item() + 6.0  # zoom to where the boxes are
+    right.set_title(f"cells that received box mass; dashed: footprint + {lift.margin:.2g} m", fontsize=10)
+    reach = lift.boxes[:, :2].abs().max().item() + 6.0  # zoom to where the boxes are, within the grid
+    (x0, x1, _), (y0, y1, _) = config.xbound, config.ybound
     for ax in (left, right):
-        ax.set(xlim=(-reach, reach), ylim=(-reach, reach))
+        ax.set(xlim=(max(-reach, x0), min(reach, x1)), ylim=(max(-reach, y0), min(reach, y1)))
     return fig
 
 
