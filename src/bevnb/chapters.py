@@ -25,6 +25,7 @@ CHAPTERS = (
     "05_graph_inspection",
     "06_triton_bev_pool",
     "07_split_pipeline",
+    "08_your_own_rig",
 )
 
 
