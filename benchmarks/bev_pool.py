@@ -1,14 +1,15 @@
 """Benchmark every bev_pool backend on the canonical workload, and write the results as JSON.
 
     python benchmarks/bev_pool.py [--backends torch triton-atomic] [--dtypes float16] [--cell-stride 16] [--sweep]
+                                  [--rig RIG.json]
     bevnb bench bevpool [the same options]          (from a checkout: runs this script)
 
 The workload is the plan of ``make_sample("zeros")``'s rig (6 × 118 × 32 × 88 candidate points, C = 80, a 360 × 360
-grid). First the traffic model of every backend on that plan (``bevnb.bevpool.traffic``: the bytes each moves, its
-store sectors, atomics and lane utilisation, and the time that traffic needs on an H100 and an H200). Then, for each
-backend and dtype: time, bytes moved, effective bandwidth, its fraction of the device's measured copy bandwidth, and
-peak extra memory; then time against the number of points. On a GPU, ``--sweep`` also times the Triton kernels'
-launch shapes.
+grid), or of another rig file's (``--rig``; its results go to ``build/benchmarks/<rig>/`` unless ``--out`` says). First
+the traffic model of every backend on that plan (``bevnb.bevpool.traffic``: the bytes each moves, its store sectors,
+atomics and lane utilisation, and the time that traffic needs on an H100 and an H200). Then, for each backend and dtype:
+time, bytes moved, effective bandwidth, its fraction of the device's measured copy bandwidth, and peak extra memory;
+then time against the number of points. On a GPU, ``--sweep`` also times the Triton kernels' launch shapes.
 
 ``run_benchmark(...) -> dict`` measures, ``results_table`` / ``scaling_table`` print, ``write_results`` stores the
 JSON as ``benchmarks/results/<device-slug>.json`` (chapter 06 reads them); ``main(argv)`` is the command line.
@@ -44,12 +45,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from bevnb import make_sample
+from bevnb import Rig, make_sample
 from bevnb.bevpool import BACKENDS, bev_pool
 from bevnb.bevpool.compare import canonical_inputs, timed_call
 from bevnb.bevpool.traffic import BANDWIDTHS, MODELLED, Traffic, floor_bytes, traffic_models, traffic_table
 from bevnb.environment import device as default_device
 from bevnb.geometry import BevPoolPlan, plan_bev_pool
+from bevnb.paths import build_dir
+from bevnb.rig import as_rig
 from bevnb.tables import Table
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -186,7 +189,7 @@ def measure(
 
 
 def run_benchmark(
-    sample: dict | None = None,
+    rig: Rig | str | Path | None = None,
     backends: Sequence[str] = CONCRETE_BACKENDS,
     dtypes: Sequence[str] = ("float32", "float16"),
     device: torch.device | str | None = None,
@@ -195,7 +198,7 @@ def run_benchmark(
     cell_stride: int = 1,
     log: Callable[[str], None] = lambda line: None,
 ) -> dict:
-    """Time ``backends`` on the plan of ``sample`` (default ``make_sample("zeros")``) for each dtype, then the time
+    """Time ``backends`` on the plan of ``rig`` (default: the nuScenes-like rig) for each dtype, then the time
     against the number of points on every ``scaling_strides``-th cell of the plan (first dtype only).
 
     ``cell_stride > 1`` keeps every k-th cell of the plan only: a quick run, not the canonical workload."""
@@ -210,7 +213,8 @@ def run_benchmark(
     if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
         raise ValueError(f"device must be cpu or an available cuda device, got {device}")
     wall, cpu = time.perf_counter(), time.process_time()
-    plan = plan_bev_pool(sample if sample is not None else make_sample("zeros"), use_cache=False)
+    rig = as_rig(rig)
+    plan = plan_bev_pool(make_sample("zeros", rig=rig), rig.config, use_cache=False)
     plan_s, plan_cpu_s = time.perf_counter() - wall, time.process_time() - cpu
     if cell_stride > 1:
         plan = plan.select_intervals(torch.arange(0, plan.num_intervals, cell_stride))
@@ -247,6 +251,7 @@ def run_benchmark(
             "load_average_1min": os.getloadavg()[0] if device.type == "cpu" else None,
         },
         "workload": {
+            "rig": rig.name,
             "cameras": plan.num_cameras,
             "depth_bins": plan.depth_bins,
             "feature_size": list(plan.feature_size),
@@ -271,14 +276,16 @@ def _model_record(model: Traffic) -> dict:
     return {**dataclasses.asdict(model), "moved": model.moved, "us_at": us}
 
 
-def sweep_launch(sample: dict | None = None, dtype: str = "float16") -> list[dict]:
-    """GPU only: time each Triton kernel over a grid of block sizes and warps on the canonical plan."""
+def sweep_launch(rig: Rig | str | Path | None = None, dtype: str = "float16") -> list[dict]:
+    """GPU only: time each Triton kernel over a grid of block sizes and warps on the plan of ``rig`` (default: the
+    canonical plan)."""
     from bevnb.bevpool.triton_kernels import INTERPRETED, bev_pool_triton
 
     if INTERPRETED:
         raise ValueError("the launch sweep needs a CUDA GPU (the interpreter has no block sizes to tune)")
     device = torch.device("cuda")
-    plan = plan_bev_pool(sample if sample is not None else make_sample("zeros")).to(device)
+    rig = as_rig(rig)
+    plan = plan_bev_pool(make_sample("zeros", rig=rig), rig.config).to(device)
     depth, feat = canonical_inputs(plan, DTYPE_NAMES[dtype], device)
     rows = []
     for warps in (1, 2, 4, 8):
@@ -360,11 +367,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--repeat", type=int, default=5, help="timed calls per measurement on the CPU")
     parser.add_argument("--cell-stride", type=int, default=1, help="keep every k-th BEV cell (a quick, smaller run)")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for <device-slug>.json")
+    parser.add_argument("--out", type=Path, help="folder for <device-slug>.json (default: benchmarks/results)")
     parser.add_argument("--sweep", action="store_true", help="GPU only: also time the Triton kernels' launch grid")
+    parser.add_argument("--rig", type=Path, help="rig file whose plan to pool (default: data/nuscenes_rig.json)")
     args = parser.parse_args(argv)
     try:
+        rig = as_rig(args.rig)
         result = run_benchmark(
+            rig,
             backends=args.backends,
             dtypes=args.dtypes,
             device=args.device,
@@ -373,12 +383,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             log=print,
         )
         if args.sweep:
-            result["sweep"] = sweep_launch(dtype=args.dtypes[-1])
+            result["sweep"] = sweep_launch(rig, dtype=args.dtypes[-1])
     except (ValueError, RuntimeError) as exc:
         print(f"bevnb bench bevpool: {exc}", file=sys.stderr)
         return 2
     print(results_table(result), scaling_table(result), sep="\n\n")
-    print(f"\nwrote {write_results(result, args.out)}")
+    out = args.out or (RESULTS_DIR if args.rig is None else build_dir("benchmarks", rig.name))
+    print(f"\nwrote {write_results(result, out)}")
     return 0
 
 

@@ -12,6 +12,7 @@ from bevnb.bevpool import traffic
 from bevnb.bevpool.triton_kernels import INTERPRETED
 from bevnb.data import make_sample
 from bevnb.geometry import plan_bev_pool
+from bevnb.rig import FIVE_CAMERA_RIG_PATH
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 HARNESS = Path(__file__).resolve().parents[1] / "benchmarks" / "bev_pool.py"
@@ -30,7 +31,6 @@ bench = _load_harness()
 def test_benchmark_writes_json_named_by_device(tmp_path):
     sample = make_sample("zeros")
     result = bench.run_benchmark(
-        sample,
         backends=("torch", "triton-cells", "triton-atomic"),
         dtypes=("float16",),
         repeat=1,
@@ -79,3 +79,17 @@ def test_benchmark_rejects_unknown_names():
         bench.run_benchmark(backends=("cuda",))
     with pytest.raises(ValueError, match="dtypes must be among"):
         bench.run_benchmark(dtypes=("bfloat16",))
+
+
+def test_benchmark_pools_the_plan_of_another_rig(tmp_path, five_rig):
+    result = bench.run_benchmark(
+        five_rig, backends=("torch",), dtypes=("float32",), repeat=1, scaling_strides=(8,), cell_stride=64
+    )
+    workload = result["workload"]
+    assert (workload["rig"], workload["cameras"], workload["feature_size"]) == ("five_camera_rig", 5, [48, 132])
+    assert workload["grid_size"] == [256, 128, 1] and workload["output_shape"] == [1, 80, 256, 128]
+    assert workload["candidate_points"] == 5 * 118 * 48 * 132
+    assert result["results"][0]["max_abs_err"] == 0.0
+    argv = ["--rig", str(FIVE_CAMERA_RIG_PATH), "--backends", "torch", "--dtypes", "float32", "--repeat", "1"]
+    assert bench.main([*argv, "--cell-stride", "256", "--out", str(tmp_path)]) == 0
+    assert "five_camera_rig" in (tmp_path / f"{bench.device_slug(DEVICE)}.json").read_text()

@@ -5,7 +5,7 @@
     bevnb inspect [FILE.onnx] [--rig RIG.json]
     bevnb validate [--precision fp16 int8] [--rig RIG.json] [--onnx-dir DIR] [--samples N] [--backend B]
                    [--example-data DIR]
-    bevnb bench bevpool [benchmark options, see `bevnb bench bevpool --help`]   (from a checkout)
+    bevnb bench bevpool [--rig RIG.json] [benchmark options, see `bevnb bench bevpool --help`]   (from a checkout)
 
 ``--rig`` names a rig file (``docs/rig_format.md``; default ``data/nuscenes_rig.json``): cameras, input size and BEV
 grid, so the graphs' static shapes and the plan follow it. Every command exits 2 with a one-line reason on bad
