@@ -297,15 +297,16 @@ def test_five_camera_split_equals_pytorch_stage_by_stage(loaded, five_onnx, five
         **io_shapes(five_rig.config)["camera.vtransform.onnx"],
     }
     result = validate(five_model, {"fp16": split}, {"five": five_sample})
+    print(result.table())  # every stage, shown with -s or on failure
     assert result.ok, result.failures
     rows = {row[2]: row for row in result.rows}
     shapes = {stage: row[3] for stage, row in rows.items()}
     assert shapes == {
-        "camera depth": "[1, 5, 1, 384, 1056]",
-        "camera_feature": "[5, 48, 132, 80]",
-        "camera_depth_weights": "[5, 118, 48, 132]",
-        "bev_pool": "[1, 80, 256, 128]",
-        "vtransform (final)": "[1, 80, 128, 64]",
+        "camera depth": [1, 5, 1, 384, 1056],
+        "camera_feature": [5, 48, 132, 80],
+        "camera_depth_weights": [5, 118, 48, 132],
+        "bev_pool": [1, 80, 256, 128],
+        "vtransform (final)": [1, 80, 128, 64],
     }
     errors = {stage: float(row[5]) for stage, row in rows.items()}
     assert errors["camera depth"] == 0.0
