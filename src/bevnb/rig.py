@@ -44,7 +44,7 @@ class RigError(ValueError):
     """A rig that cannot work: one line naming the field (``cameras[1].intrinsics``, ``test_image_aug.crop`` …)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors inside: equality is identity
 class Rig:
     """A calibrated camera rig, its test-time image aug and the model's grid; checked on construction.
 
@@ -160,18 +160,8 @@ def rig_table(rig: Rig) -> Table:
     for n, name in enumerate(rig.camera_names):
         K, position = rig.intrinsics[n].tolist(), rig.camera2lidar[n, :3, 3]
         raw = f"{rig.raw_sizes[n][1]}×{rig.raw_sizes[n][0]}"
-        rows.append(
-            (
-                name,
-                raw,
-                K[0][0],
-                K[1][1],
-                K[0][2],
-                K[1][2],
-                [round(v, 2) for v in position.tolist()],
-                round(rig.headings_deg[n].item(), 1) + 0.0,
-            )
-        )  # fmt: skip (+ 0.0: no "-0")
+        heading = round(rig.headings_deg[n].item(), 1) + 0.0  # + 0.0 turns -0.0 into 0.0
+        rows.append((name, raw, K[0][0], K[1][1], K[0][2], K[1][2], [round(v, 2) for v in position.tolist()], heading))
     (iH, iW), (x, y) = rig.image_size, rig.crop
     title = (
         f"{rig.name}: {rig.num_cameras} cameras; raw → resize {rig.resize:g} → crop at ({x:g}, {y:g}) → "
@@ -238,7 +228,7 @@ def _rig_from_spec(spec: object, name: str) -> Rig:
     crop = _get(aug, "crop", "test_image_aug", dict)
     return Rig(
         name=name,
-        camera_names=tuple(str(_get(cam, "name", f"cameras[{n}]", str)) for n, cam in enumerate(cameras)),
+        camera_names=tuple(_get(cam, "name", f"cameras[{n}]", str) for n, cam in enumerate(cameras)),
         raw_sizes=tuple(raw_sizes),
         intrinsics=torch.tensor(intrinsics).view(-1, 3, 3),
         camera2lidar=torch.stack(poses).float() if poses else torch.zeros(0, 4, 4),

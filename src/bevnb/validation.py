@@ -39,22 +39,21 @@ OUTPUTS = BACKBONE_IO[1]  # (camera_feature, camera_depth_weights)
 def ensure_exported(precision: str = "fp16", seed: int = 0, verbose: bool = True, config: CameraConfig = R50) -> Path:
     """``build/onnx/<precision>`` holding both graphs of ``build_camera_model(seed, config=config)``, exported only
     when the folder does not already hold exactly those (its ``export.json`` records the precision and a digest of
-    the weights, grid buffers and amax). For int8 the model is calibrated with ``bevnb.quant``'s defaults, reusing a
-    saved calibration (the default weights, and so the calibration, are the same for every rig). Another
-    configuration than R50 gets its own folder, ``build/onnx/<precision>-<N>cam-<iH>x<iW>-<X>x<Y>``.
+    the weights, grid buffers and amax). For int8 the model is calibrated with ``bevnb.quant``'s defaults (on the
+    default rig's synthetic scenes), reusing a saved calibration. Another configuration than R50 gets its own folder
+    and calibration file, tagged ``-<N>cam-<iH>x<iW>-<X>x<Y>``: ``build/onnx/fp16-5cam-384x1056-256x128``.
 
     Chapters 05, 07 and 08 and the tests use it, so each can run on its own and none exports twice."""
     model = build_camera_model(seed=seed, config=config)
+    (iH, iW), (X, Y) = config.image_size, config.bev_size
+    tag = "" if config == R50 else f"-{config.num_cameras}cam-{iH}x{iW}-{X}x{Y}"
     if precision == "int8":
-        cached = quant.calibration_file(seed, quant.DEFAULT_CALIB_SAMPLES, "mse")
+        default = quant.calibration_file(seed, quant.DEFAULT_CALIB_SAMPLES, "mse")
+        cached = default.with_name(f"{default.stem}{tag}{default.suffix}")  # its digest covers the grid buffers
         quant.prepare_int8(model, calibration=cached if cached.is_file() else None, progress=verbose)
         if not cached.is_file():
             quant.save_calibration(model, cached)
-    if config == R50:
-        out_dir = build_dir("onnx", precision)
-    else:
-        (iH, iW), (X, Y) = config.image_size, config.bev_size
-        out_dir = build_dir("onnx", f"{precision}-{config.num_cameras}cam-{iH}x{iW}-{X}x{Y}")
+    out_dir = build_dir("onnx", precision + tag)
     manifest = out_dir / MANIFEST
     expected = {"precision": precision, "state": state_digest(model), "files": [BACKBONE_FILE, VTRANSFORM_FILE]}
     fresh = manifest.is_file() and json.loads(manifest.read_text()) == expected
