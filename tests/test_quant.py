@@ -26,9 +26,7 @@ from bevnb.model.resnet import Bottleneck
 from bevnb.pipeline import OnnxGraph
 from bevnb.subclass import BACKBONE_FILE, VTRANSFORM_FILE
 
-TINY = CameraConfig(
-    image_size=(64, 176), feature_size=(8, 22), num_cameras=1, xbound=(-54.0, 54.0, 1.2), ybound=(-54.0, 54.0, 1.2)
-)
+TINY = CameraConfig(image_size=(64, 176), num_cameras=1, xbound=(-54.0, 54.0, 1.2), ybound=(-54.0, 54.0, 1.2))
 # R50's quantized convs: stem 1 + 16 bottlenecks × 3 + 4 downsample + neck 4 + dtransform 3 + depthnet 3.
 QUANT_CONVS = 1 + 16 * 3 + 4 + 4 + 3 + 3
 
