@@ -84,7 +84,7 @@ def test_a_wheel_ships_the_data_and_builds_under_the_working_directory(tmp_path)
         return subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True)
 
     probe = run(
-        "import json; from bevnb import paths; from bevnb.scene import load_rig; print(json.dumps(["
+        "import json; from bevnb import paths; from bevnb.rig import load_rig; print(json.dumps(["
         "paths.__file__, paths.CHECKOUT, str(paths.DATA_DIR), str(paths.build_root()), len(load_rig().camera_names)]))"
     )
     assert json.loads(probe.stdout) == [

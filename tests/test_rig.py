@@ -130,7 +130,6 @@ _DELETE = object()
         (_set("cameras.2.camera2lidar.rotation", [[1, 0, 0], [0, 0, 1], [0, -2, 0]]), "cameras[2].camera2lidar: the"),
         (_set("lidar2ego.rotation", [[0, 1, 0], [1, 0, 0], [0, 0, 1]]), "lidar2ego: the pose is not rigid"),  # det -1
         (_set("model.ybound", [-12.8, 64.0, 0.7]), "model.ybound: (high - low) / step = 109.7 is not a whole"),
-        (_set("model.xbound", [-38.4, 38.7, 0.3]), "model.xbound: the grid has 257×128 cells"),
         (_set("model.x_bound", [-1, 1, 1]), "model.x_bound: unknown key"),
         (_set("cameras.0.intrinsics.cy", _DELETE), "cameras[0].intrinsics.cy: missing"),
         (_set("cameras.0.intrinsics.cy", "540"), "cameras[0].intrinsics.cy: must be a finite number"),

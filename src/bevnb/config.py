@@ -58,10 +58,6 @@ class CameraConfig:
             cells = (hi - lo) / step
             if name != "dbound" and abs(cells - round(cells)) > 1e-6 * max(1.0, cells):
                 raise ConfigError(name, f"(high - low) / step = {cells:.4g} is not a whole number of cells")
-        X, Y, _ = self.grid_size
-        if self.downsample == 2 and (X % 2 or Y % 2):
-            field = "xbound" if X % 2 else "ybound"
-            raise ConfigError(field, f"the grid has {X}×{Y} cells; the stride-2 downsample needs both even")
 
     @property
     def feature_size(self) -> tuple[int, int]:
@@ -101,8 +97,8 @@ class CameraConfig:
 
     @property
     def out_bev_size(self) -> tuple[int, int]:
-        """(X, Y) after the vtransform downsample: (180, 180)."""
-        return tuple(n // self.downsample for n in self.bev_size)
+        """(X, Y) after the vtransform downsample, ceil(n / 2) (its stride-2 3×3 conv pads by 1): (180, 180)."""
+        return tuple(-(-n // self.downsample) for n in self.bev_size)
 
     @property
     def frustum_points(self) -> int:
