@@ -2,13 +2,15 @@
 
 * ``camera.backbone.onnx``: ``SubclassCameraModule`` — inputs ``img [1, 6, 3, 256, 704]``, ``depth [1, 6, 1, 256,
   704]``; outputs ``camera_feature [6, 32, 88, 80]`` (NHWC), ``camera_depth_weights [6, 118, 32, 88]``. Opset 13,
-  constant folding, static shapes, then onnxsim with its check asserted.
+  constant folding, static shapes, then a simplifier (onnxsim as upstream, or onnxslim) that must keep every
+  quantized tensor.
 * ``camera.vtransform.onnx``: ``vtransform.downsample`` alone — ``feat_in [1, 80, 360, 360]`` →
   ``feat_out [1, 80, 180, 180]``. Opset 13, constant folding, no onnxsim (as upstream).
 
 Precision follows upstream: ``fp16`` is the float graph without quantizers (the TensorRT builder picks fp16 kernels
 with ``--fp16``; the ONNX itself stays fp32), ``int8`` is the same graph with QuantizeLinear/DequantizeLinear pairs
-from a calibrated model (``bevnb.quant``).
+from a calibrated model: ``bevnb.quant`` (pytorch-quantization) or ``bevnb.quant_modelopt`` (TensorRT Model
+Optimizer), whichever quantized it.
 
 bevnb exports with the TorchScript exporter (``dynamo=False``) on purpose: since torch 2.9 ``torch.onnx.export``
 defaults to the dynamo exporter, which cannot trace pytorch-quantization's fake quant (``amax.item()`` becomes a
@@ -23,6 +25,7 @@ import json
 import logging
 import os
 import re
+import sys
 import tempfile
 import time
 import warnings
@@ -41,6 +44,7 @@ from .subclass import BACKBONE_FILE, BACKBONE_IO, VTRANSFORM_FILE, VTRANSFORM_IO
 
 OPSET = 13  # the first opset with per-channel (axis) QuantizeLinear/DequantizeLinear
 PRECISIONS = ("fp16", "int8")
+SIMPLIFIERS = ("onnxsim", "onnxslim")
 MANIFEST = "export.json"  # what the files in a folder were exported from
 
 
@@ -63,7 +67,7 @@ def export_camera(
     out_dir: str | Path,
     precision: str = "fp16",
     img: torch.Tensor | None = None,
-    simplify: bool = True,
+    simplifier: str | None = "onnxsim",
     verbose: bool = True,
 ) -> dict[str, ExportedFile]:
     """Write ``camera.backbone.onnx`` and ``camera.vtransform.onnx`` into ``out_dir`` (which must exist and be
@@ -71,11 +75,14 @@ def export_camera(
     the graphs by file name.
 
     ``img`` is the trace input (default zeros ``[1, N, 3, iH, iW]``); the depth input is all zeros, as upstream
-    (the depth map is filled at run time). Each file is written to a temporary name and renamed, so an export that
-    fails never leaves a broken file in place of a good one.
+    (the depth map is filled at run time). ``simplifier`` (``SIMPLIFIERS``) runs on the backbone graph; None keeps
+    the traced graph. Each file is written to a temporary name and renamed, so an export that fails never leaves a
+    broken file in place of a good one.
     """
     if precision not in PRECISIONS:
         raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if simplifier is not None and simplifier not in SIMPLIFIERS:
+        raise ExportError(f"simplifier must be one of {', '.join(SIMPLIFIERS)} or None, got {simplifier!r}")
     out_dir = _writable_dir(out_dir)
     cfg = model.config
     iH, iW = cfg.image_size
@@ -86,14 +93,14 @@ def export_camera(
     written = {}
     with _precision_mode(model, precision):
         jobs = (
-            (BACKBONE_FILE, SubclassCameraModule(model).eval(), (img, depth), BACKBONE_IO, simplify),
+            (BACKBONE_FILE, SubclassCameraModule(model).eval(), (img, depth), BACKBONE_IO, simplifier),
             # Wrapped so that the exporter's scope names read /downsample/… as in the model.
             (
                 VTRANSFORM_FILE,
                 nn.Sequential(OrderedDict(downsample=model.vtransform.downsample)).eval(),
                 (bev,),
                 VTRANSFORM_IO,
-                False,
+                None,
             ),
         )
         for step, (name, module, inputs, (in_names, out_names), simp) in enumerate(jobs, 1):
@@ -101,10 +108,10 @@ def export_camera(
             if verbose:
                 print(f"[{step}/2] {name}: tracing ({precision}) …", end="", flush=True)
             graph = trace_to_onnx(module, inputs, in_names, out_names)
-            if simp:
+            if simp is not None:
                 if verbose:
-                    print(" simplifying …", end="", flush=True)
-                graph = simplify_graph(graph)
+                    print(f" {simp} …", end="", flush=True)
+                graph = simplify_graph(graph, simp)
             path = _save_atomically(graph, out_dir / name)
             seconds = time.perf_counter() - start
             written[name] = ExportedFile(path, seconds, path.stat().st_size, len(graph.graph.node))
@@ -137,32 +144,45 @@ def trace_to_onnx(
     return onnx.load_from_string(buffer.getvalue())
 
 
-def simplify_graph(graph: onnx.ModelProto) -> onnx.ModelProto:
-    """onnxsim, with its numerical check asserted (as upstream) and the quantized tensors compared before and after.
+def simplify_graph(graph: onnx.ModelProto, simplifier: str = "onnxsim") -> onnx.ModelProto:
+    """Simplify with onnxsim (upstream's; its check asserted) or onnxslim (ModelOpt's since 0.40), check that the
+    distinct quantized tensors (``graphs.quantization_signature``: what computes the tensor, scales, zero point,
+    axis) are the same as before, and return the graph with its constants as initializers.
 
-    onnxsim is known to fold Q/DQ on constant weights (onnxsim #216), which would silently drop weight
-    quantization, so the distinct quantized tensors (``graphs.quantized_tensors``: tensor, scales, zero point, axis)
-    must be the same after it. The Q/DQ node counts may drop: the exporter writes one Q/DQ pair per quantizer call,
-    so a shared quantizer that reads one tensor twice (conv1 and the residual of a Bottleneck) gives two identical
-    pairs, and onnxsim merges them into one.
+    Both are known to mishandle Q/DQ in some versions (onnxsim #216 folds weight Q/DQ back to float; OnnxSlim #184),
+    which would silently turn int8 weights into float, hence the check. The Q/DQ node counts may drop: the exporter
+    writes one Q/DQ pair per quantizer call, so a shared quantizer that reads one tensor twice (conv1 and the
+    residual of a Bottleneck) gives two identical pairs, which both simplifiers merge into one.
     """
-    import onnxsim
-
-    before = graphs.quantized_tensors(graph)
-    simplified, ok = onnxsim.simplify(graph)
-    if not ok:
-        raise ExportError("onnxsim's check failed: the simplified graph does not compute what the traced one does")
-    after = graphs.quantized_tensors(simplified)
-    if set(after) != set(before):
+    before = graphs.quantization_signature(graph)
+    simplified = run_simplifier(graph, simplifier)
+    if graphs.quantization_signature(simplified) != before:
         counts = f"{graphs.count_quantized(graph)} → {graphs.count_quantized(simplified)}"
-        raise ExportError(f"onnxsim changed the quantized tensors ({counts}); the int8 graph would lose them")
+        raise ExportError(f"{simplifier} changed the quantized tensors ({counts}); the int8 graph would lose them")
     return constants_to_initializers(simplified)
+
+
+def run_simplifier(graph: onnx.ModelProto, simplifier: str) -> onnx.ModelProto:
+    """The simplifier alone (``SIMPLIFIERS``), no check of what it kept; ``graph`` may be changed in place."""
+    if simplifier == "onnxsim":
+        import onnxsim
+
+        simplified, ok = onnxsim.simplify(graph)
+        if not ok:
+            raise ExportError("onnxsim's check failed: the simplified graph does not compute what the traced one does")
+        return simplified
+    if simplifier == "onnxslim":
+        import onnxslim
+
+        return onnxslim.slim(graph)
+    raise ExportError(f"simplifier must be one of {', '.join(SIMPLIFIERS)}, got {simplifier!r}")
 
 
 def constants_to_initializers(graph: onnx.ModelProto) -> onnx.ModelProto:
     """Turn ``Constant`` nodes into initializers, in place. onnxsim leaves one Constant per Q/DQ scale and zero
-    point, shared by many nodes; as initializers they are drawn inside the Q/DQ boxes in Netron instead of as long
-    edges across the whole graph (which made the int8 backbone three times slower to render)."""
+    point, shared by many nodes (onnxslim makes them initializers itself); as initializers they are drawn inside the
+    Q/DQ boxes in Netron instead of as long edges across the whole graph (which made the int8 backbone three times
+    slower to render)."""
     kept = []
     for node in graph.graph.node:
         if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
@@ -205,11 +225,22 @@ def _first_line(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def _precision_mode(model: nn.Module, precision: str) -> Iterator[None]:
-    """fp16: quantizers (if any) disabled, as upstream's ``--fp16``. int8: fake quant through torch's native ops,
-    which export as QuantizeLinear/DequantizeLinear (``use_fb_fake_quant``)."""
+    """fp16: quantizers (if any) disabled, as upstream's ``--fp16``. int8: pytorch-quantization's fake quant
+    through torch's native ops, which export as QuantizeLinear/DequantizeLinear (``use_fb_fake_quant``); a ModelOpt
+    model writes its Q/DQ by itself."""
     from . import quant
 
-    if precision == "int8":
+    if _quantized_by_modelopt(model):
+        from . import quant_modelopt
+
+        if precision == "fp16":
+            with quant_modelopt.quantization_disabled(model):
+                yield
+        elif not quant_modelopt.is_calibrated(model):
+            raise ExportError("int8 export needs a calibrated model: run bevnb.quant_modelopt.calibrate_modelopt first")
+        else:
+            yield
+    elif precision == "int8":
         if not quant.is_calibrated(model):
             raise ExportError(
                 "int8 export needs a quantized, calibrated model: run bevnb.quant.quantize_camera "
@@ -222,6 +253,16 @@ def _precision_mode(model: nn.Module, precision: str) -> Iterator[None]:
             yield
     else:
         yield
+
+
+def _quantized_by_modelopt(model: nn.Module) -> bool:
+    """Whether ModelOpt quantized the model, asked without importing ModelOpt: before it is loaded, no model can
+    hold its quantizers."""
+    if "modelopt.torch.quantization" not in sys.modules:
+        return False
+    from . import quant_modelopt
+
+    return quant_modelopt.is_quantized(model)
 
 
 def _writable_dir(out_dir: str | Path) -> Path:

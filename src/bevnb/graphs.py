@@ -138,7 +138,8 @@ class QuantizedTensor:
       ``zero_point``: its element type (``int8``);
     * ``quantizer``: the scope of the (first) QuantizeLinear, i.e. the pytorch-quantization module that wrote it
       (``backbone/layer1/layer1.0/conv1/_input_quantizer``); ``part``: its part (see ``parts``);
-    * ``consumers``: the op types that read the dequantized tensor; ``pairs``: the Q/DQ pairs that carry it.
+    * ``consumers``: the op types that read the dequantized tensor; ``pairs``: the Q/DQ pairs that carry it;
+    * ``source``: the node that computes the tensor (else the tensor): simplifiers may rename tensors, not nodes.
 
     Two are equal when they quantize the same tensor the same way (tensor, kind, axis, scales, zero point), whatever
     the names of the nodes that do it.
@@ -153,6 +154,7 @@ class QuantizedTensor:
     part: str = field(compare=False)
     consumers: tuple[str, ...] = field(compare=False)
     pairs: int = field(default=1, compare=False)
+    source: str = field(default="", compare=False)
 
     @property
     def scale_text(self) -> str:
@@ -167,7 +169,8 @@ def quantized_tensors(model: onnx.ModelProto) -> list[QuantizedTensor]:
 
     One per DequantizeLinear, except that the DequantizeLinears of one tensor with the same scales, zero point type
     and axis are one quantized tensor: the TorchScript exporter writes one Q/DQ pair per quantizer *call*, so a
-    shared quantizer that reads a tensor twice writes two identical pairs (onnxsim merges them into one)."""
+    shared quantizer that reads a tensor twice writes two identical pairs (onnxsim merges them into one). A tensor
+    behind a ``Cast`` is the Cast's input (ModelOpt's exporter writes no-op Casts, one per quantizer call)."""
     graph = model.graph
     producer = {out: node for node in graph.node for out in node.output}
     readers = tensor_readers(model)
@@ -181,6 +184,8 @@ def quantized_tensors(model: onnx.ModelProto) -> list[QuantizedTensor]:
         source = producer.get(node.input[0])
         q = source if source is not None and source.op_type == "QuantizeLinear" else None
         tensor = q.input[0] if q is not None else node.input[0]
+        while tensor in producer and producer[tensor].op_type == "Cast":
+            tensor = producer[tensor].input[0]
         axis = next((a.i for a in node.attribute if a.name == "axis"), None)
         scales = numpy_helper.to_array(stored[node.input[1]]).reshape(-1) if node.input[1] in stored else ()
         zero = stored.get(node.input[2]) if len(node.input) > 2 else None
@@ -193,6 +198,7 @@ def quantized_tensors(model: onnx.ModelProto) -> list[QuantizedTensor]:
             quantizer="/".join(scope_of((q or node).name)),
             part=labels[path[0]],
             consumers=tuple(dict.fromkeys(graph.node[j].op_type for j in readers.get(node.output[0], ()))),
+            source=producer[tensor].name if tensor in producer else tensor,
         )
         first = found.get(row)
         found[row] = (
@@ -201,6 +207,11 @@ def quantized_tensors(model: onnx.ModelProto) -> list[QuantizedTensor]:
             else replace(first, consumers=tuple(dict.fromkeys(first.consumers + row.consumers)), pairs=first.pairs + 1)
         )
     return list(found.values())
+
+
+def quantization_signature(model: onnx.ModelProto) -> set[tuple]:
+    """What a simplifier must keep, whatever it renames: ``(source, kind, axis, scales, zero point)`` per tensor."""
+    return {(t.source, t.kind, t.axis, t.scales, t.zero_point) for t in quantized_tensors(model)}
 
 
 def count_quantized(model: onnx.ModelProto) -> dict[str, int]:

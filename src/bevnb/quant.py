@@ -93,23 +93,41 @@ def quantize_camera(model: CameraBranch) -> CameraBranch:
     fold_batchnorm(model)
     for part in (model.backbone, model.neck, model.vtransform.dtransform, model.vtransform.depthnet):
         _swap_convs(part)
-    backbone, neck = model.backbone, model.neck
-    for block in backbone.modules():
-        if isinstance(block, Bottleneck):
-            if block.downsample is None:
-                block.residual_quantizer = block.conv1._input_quantizer
-            else:
-                block.downsample[0]._input_quantizer = block.conv1._input_quantizer
-                block.residual_quantizer = _activation_quantizer()
-    neck.quant_concat0, neck.quant_concat1 = QuantConcat(), QuantConcat()
-    # layer2's output is read by layer3[0] and by quant_concat1, whose output lateral_convs[0] reads; layer3's
-    # output likewise by layer4[0], quant_concat0 and lateral_convs[1]: one quantizer for each group.
-    for stage, concat, lateral in (
-        (backbone.layer3[0], neck.quant_concat1, neck.lateral_convs[0]),
-        (backbone.layer4[0], neck.quant_concat0, neck.lateral_convs[1]),
-    ):
-        concat._input_quantizer = lateral.conv._input_quantizer = stage.conv1._input_quantizer
+    for block in model.backbone.modules():
+        if isinstance(block, Bottleneck) and block.downsample is not None:
+            block.residual_quantizer = _activation_quantizer()  # the downsample's output: a tensor of its own
+    model.neck.quant_concat0, model.neck.quant_concat1 = QuantConcat(), QuantConcat()
+    for (owner, owner_attribute), *users in shared_quantizer_sites(model):
+        for module, attribute in users:
+            setattr(module, attribute, getattr(owner, owner_attribute))
     return model
+
+
+def shared_quantizer_sites(model: CameraBranch, input_attribute: str = "_input_quantizer") -> list[list[tuple]]:
+    """CUDA-BEVFusion's sharing rule as groups of ``(module, attribute)`` sites that read one tensor and must use one
+    quantizer, the owner first (a conv1, under ``input_attribute``):
+
+    * a Bottleneck without downsample: conv1's input and the Add's identity input (``residual_quantizer``);
+    * with a downsample: conv1's and ``downsample[0]``'s inputs; for ``layer3[0]`` (layer2's output) also
+      ``neck.quant_concat1`` and ``neck.lateral_convs[0].conv``, which reads that concat; for ``layer4[0]`` (layer3's
+      output) ``neck.quant_concat0`` and ``neck.lateral_convs[1].conv``.
+
+    ``bevnb.quant`` and ``bevnb.quant_modelopt`` apply the same groups, each under its toolkit's attribute name."""
+    backbone, neck = model.backbone, model.neck
+    concat_users = {
+        id(backbone.layer3[0]): (neck.quant_concat1, neck.lateral_convs[0].conv),
+        id(backbone.layer4[0]): (neck.quant_concat0, neck.lateral_convs[1].conv),
+    }
+    groups = []
+    for block in backbone.modules():
+        if not isinstance(block, Bottleneck):
+            continue
+        if block.downsample is None:
+            groups.append([(block.conv1, input_attribute), (block, "residual_quantizer")])
+        else:
+            readers = (block.downsample[0], *concat_users.get(id(block), ()))
+            groups.append([(block.conv1, input_attribute), *((m, input_attribute) for m in readers)])
+    return groups
 
 
 def _activation_quantizer() -> TensorQuantizer:
@@ -447,8 +465,9 @@ def prepare_int8(
 def quantizer_calls(model: CameraBranch) -> list[tuple[str, int]]:
     """Every quantizer application of one backbone forward, in order: ``(quantizer's first name, tensor id)``,
     recorded on a one-camera 64×64 input with quantization off (so an uncalibrated model works too). Two calls of
-    one quantizer on one tensor are the same Q/DQ pair once the graph's duplicates are merged."""
-    names = {id(q): name for name, q in quantizers(model).items()}
+    one quantizer on one tensor are the same Q/DQ pair once the graph's duplicates are merged. A disabled quantizer
+    (a layer left in float) writes no Q/DQ and is not recorded."""
+    names = {id(q): name for name, q in quantizers(model).items() if not q._disabled}
     calls: list[tuple[str, int]] = []
     seen: list[Tensor] = []  # keeps every input alive, so no id is reused during the forward
 
@@ -456,7 +475,7 @@ def quantizer_calls(model: CameraBranch) -> list[tuple[str, int]]:
         seen.append(args[0])
         calls.append((names[id(module)], id(args[0])))
 
-    hooks = [q.register_forward_pre_hook(record) for q in quantizers(model).values()]
+    hooks = [q.register_forward_pre_hook(record) for q in quantizers(model).values() if id(q) in names]
     try:
         with torch.no_grad(), quantization_disabled(model):
             SubclassCameraModule(model)(torch.zeros(1, 1, 3, 64, 64), torch.zeros(1, 1, 1, 64, 64))
@@ -469,13 +488,13 @@ def quantizer_calls(model: CameraBranch) -> list[tuple[str, int]]:
 def expected_qdq(model: CameraBranch) -> dict[str, int]:
     """The Q/DQ pairs ``camera.backbone.onnx`` must hold, from the placement alone:
 
-    * ``weights``: one per-channel (axis 0) pair per QuantConv2d;
+    * ``weights``: one per-channel (axis 0) pair per QuantConv2d whose weight quantizer is enabled;
     * ``activations``: one per-tensor pair per distinct (quantizer, tensor) — what remains after onnxsim merges the
       duplicates the exporter writes when a shared quantizer reads one tensor twice;
     * ``activation_calls``: quantizer applications, the exporter's count before merging.
     """
     calls = quantizer_calls(model)
-    weights = sum(isinstance(m, quant_nn.QuantConv2d) for m in model.modules())
+    weights = sum(isinstance(m, quant_nn.QuantConv2d) and not m._weight_quantizer._disabled for m in model.modules())
     activation_calls = [c for c in calls if not c[0].endswith("_weight_quantizer")]
     return {"weights": weights, "activations": len(set(activation_calls)), "activation_calls": len(activation_calls)}
 
