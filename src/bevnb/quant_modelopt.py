@@ -17,16 +17,19 @@ a ``weight_quantizer``; bevnb finds quantized modules by those attributes. The s
      quantize a custom module;
    * a config names quantizers one by one: it cannot say "these five sites share one scale". bevnb assigns one
      quantizer object to every site of a group (``quant.shared_quantizer_sites``, the rule ``bevnb.quant`` uses).
-     Calibration and ONNX export honour the sharing, but ModelOpt's own checkpoint does not: restoring a
-     ``mto.modelopt_state`` fails with "Extra keys in quantizer state_dict". Keep the amax with bevnb instead
-     (``upstream_amax`` → ``quant.load_amax`` → ``quant.save_calibration``).
+     Calibration and ONNX export honour the sharing; ModelOpt's own checkpoint does not: restoring a
+     ``mto.modelopt_state`` fails on the later names of each shared quantizer ("Extra keys in quantizer
+     state_dict"; "Unmatched keys" already without bevnb's registered classes, which ``quantize_camera_modelopt``
+     registers only while it quantizes). Keep the amax with bevnb instead (``upstream_amax`` → ``quant.load_amax``
+     → ``quant.save_calibration``).
 
 2. ``calibrate_modelopt``: ``max`` is ``mtq.calibrate(model, "max", forward_loop)``, ModelOpt's default. ``mse`` and
    ``percentile`` use ModelOpt's ``HistogramCalibrator`` (the histogram code of pytorch-quantization), which
    ``mtq.calibrate`` cannot drive: its algorithms call ``compute_amax()`` without a method and fail
    (Model-Optimizer#63), so bevnb collects and loads the amax itself. ModelOpt 0.47's histogram MSE search
    (``modelopt_mse_amax``) passes ``num_bits`` positionally into ``fake_tensor_quant``'s ``bias`` slot, so it scores
-   a constant instead of the quantized histogram; bevnb takes ``quant.mse_amax`` over ModelOpt's histogram.
+   a constant instead of the quantized histogram; bevnb takes ``quant.mse_amax`` over ModelOpt's histogram, which is
+   bit for bit pytorch-quantization's.
 
 3. Export: ModelOpt's fake quant is an autograd Function with an ONNX ``symbolic``, so the TorchScript exporter
    (``dynamo=False``) writes QuantizeLinear/DequantizeLinear for it with no switch to flip (pytorch-quantization
@@ -39,7 +42,7 @@ import contextlib
 import io
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import modelopt.torch.quantization as mtq
 import torch
@@ -189,14 +192,11 @@ def _calibrate_histograms(model: nn.Module, forward_loop, method: str, percentil
             q.disable_calib()
 
 
-def modelopt_mse_amax(model: nn.Module) -> dict[str, float]:
-    """What ModelOpt's own ``HistogramCalibrator.compute_amax("mse")`` returns for each histogram quantizer of a
-    model calibrated with ``mse``, by first name (to set beside ``quant.mse_amax`` on the same histogram)."""
-    out = {}
-    for name, q in quantizers(model).items():
-        if isinstance(q._calibrator, HistogramCalibrator) and q._calibrator._calib_hist is not None:
-            out[name] = float(q._calibrator.compute_amax("mse"))
-    return out
+def modelopt_mse_amax(model: nn.Module, names: Sequence[str]) -> list[float]:
+    """What ModelOpt's own ``HistogramCalibrator.compute_amax("mse")`` returns for the named quantizers of a model
+    calibrated with ``mse`` (to set beside the amax in use, ``quant.mse_amax`` on the same histogram). Slow: a
+    Python loop over the histogram's bins."""
+    return [float(model.get_submodule(name)._calibrator.compute_amax("mse")) for name in names]
 
 
 def upstream_amax(model: nn.Module) -> dict[str, Tensor]:

@@ -3,7 +3,8 @@
 
 * ``placement_diff``: which tensors carry Q/DQ in one graph and not in the other, and which activations share one
   scale in each (tensors by the names the TorchScript exporter writes, the same for both toolkits because the
-  module tree is the same; weights by their initializer name);
+  module tree is the same; weights by their initializer name). A graph only shows equal scales: shared by design
+  (one quantizer) or by coincidence (max calibration gives a MaxPool or a concat the max of what it reads);
 * ``amax_agreement``: two amax dicts under upstream's names (``quant.amax_state``, ``quant_modelopt.upstream_amax``)
   name by name, as relative differences; ``amax_table`` sums several such comparisons up;
 * ``int8_accuracy``: fp32 against int8 candidates (a quantized camera branch in PyTorch, or an int8 backbone graph
