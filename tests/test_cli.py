@@ -60,6 +60,8 @@ def test_validate_passes_on_the_default_model_and_fails_on_a_wrong_graph(onnx_di
         (["export", "--out", "x", "--checkpoint", "absent.pth"], "no such checkpoint file"),
         (["validate", "--precision", "fp16", "--example-data", "absent"], "absent"),
         (["validate", "--precision", "fp16", "--backend", "cuda-magic"], "unknown bev_pool backend 'cuda-magic'"),
+        (["sensitivity", "--cameras", "0", "6"], "--cameras must be among 0 … 5, got [0, 6]"),
+        (["sensitivity", "--export", "x"], "give --target-db too"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path, monkeypatch):

@@ -56,6 +56,13 @@ def modelopt_max(float_model) -> bevnb.CameraBranch:
 
 
 @pytest.fixture(scope="module")
+def modelopt_histograms(float_model) -> bevnb.CameraBranch:
+    model = quant_modelopt.quantize_camera_modelopt(copy.deepcopy(float_model), "mse")
+    quant_modelopt.calibrate_modelopt(model, CALIBRATION, "mse", progress=False)
+    return model
+
+
+@pytest.fixture(scope="module")
 def graphs_dir(pq_histograms, modelopt_max, tmp_path_factory):
     """Both int8 exports (pytorch-quantization with max amax), traced (``raw/``) and simplified."""
     root = tmp_path_factory.mktemp("toolchains")
@@ -110,15 +117,19 @@ def test_int8_default_cfg_alone_differs_exactly_where_the_recipe_needs_more_than
 
 
 @pytest.mark.parametrize("method", ["max", "percentile", "mse"])
-def test_same_calibration_method_gives_the_same_amax_under_every_name(float_model, pq_histograms, method):
+def test_same_calibration_method_gives_the_same_amax_under_every_name(
+    pq_histograms, modelopt_max, modelopt_histograms, method
+):
     """Weights: the per-channel max, equal. Activations: ``max`` from ModelOpt's MaxCalibrator is the exact max,
     bevnb's (pytorch-quantization's histogram) the upper edge of the last non-empty bin: within one bin.
     ``percentile``: the same histogram, the cumulative sum taken in another order: within one bin. ``mse``: the
     same search over bit-identical histograms: equal."""
     tolerance = {"max": ONE_BIN, "percentile": ONE_BIN, "mse": 0.0}[method]
     quant.compute_amax(pq_histograms, method)
-    model = quant_modelopt.quantize_camera_modelopt(copy.deepcopy(float_model), method)
-    quant_modelopt.calibrate_modelopt(model, CALIBRATION, method, progress=False)
+    model = modelopt_max
+    if method != "max":
+        model = modelopt_histograms
+        quant_modelopt.compute_amax_modelopt(model, method)
     diffs = toolchains.amax_agreement(quant.amax_state(pq_histograms), quant_modelopt.upstream_amax(model))
     assert len(diffs) == 2 * QUANT_CONVS + 16 + 2  # every name of every quantizer, shared ones under each
     assert max(d for n, d in diffs.items() if "_weight_quantizer" in n) == 0.0
@@ -137,6 +148,10 @@ def test_modelopt_amax_load_into_the_pytorch_quantization_model(float_model, mod
 
 def test_histogram_methods_need_a_histogram_quantized_model_and_mtq_calibrate_cannot_drive_them(float_model):
     model = quant_modelopt.quantize_camera_modelopt(copy.deepcopy(float_model), "mse")
+    with pytest.raises(ValueError, match="mse or percentile, got 'max'"):
+        quant_modelopt.compute_amax_modelopt(model, "max")
+    with pytest.raises(ValueError, match="no histogram"):
+        quant_modelopt.compute_amax_modelopt(model, "mse")
     with pytest.raises(ValueError, match="quantized for another calibrator than 'max'"):
         quant_modelopt.calibrate_modelopt(model, CALIBRATION, "max", progress=False)
     with pytest.raises(TypeError, match=r"compute_amax\(\) missing 1 required positional argument: 'method'"):

@@ -70,11 +70,7 @@ def test_analyse_refuses_a_float_model_and_bad_cameras(tiny_int8, sample):
 
 @pytest.fixture(scope="module")
 def r50_int8() -> bevnb.CameraBranch:
-    """The default model with chapter 04's calibration (calibrated here when that file is missing)."""
-    model = bevnb.build_camera_model(seed=0)
-    cached = quant.calibration_file(0, quant.DEFAULT_CALIB_SAMPLES, "mse")
-    quant.prepare_int8(model, calibration=cached if cached.is_file() else None, progress=False)
-    return model
+    return quant.default_int8_model(progress=False)
 
 
 @pytest.mark.slow

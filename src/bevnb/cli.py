@@ -5,6 +5,7 @@
     bevnb inspect [FILE.onnx] [--rig RIG.json]
     bevnb validate [--precision fp16 int8] [--rig RIG.json] [--onnx-dir DIR] [--samples N] [--backend B]
                    [--example-data DIR]
+    bevnb sensitivity [--cameras N …] [--target-db DB] [--export DIR] [--seed N]
     bevnb bench bevpool [--rig RIG.json] [benchmark options, see `bevnb bench bevpool --help`]   (from a checkout)
 
 ``--rig`` names a rig file (``docs/rig_format.md``; default ``data/nuscenes_rig.json``): cameras, input size and BEV
@@ -61,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
         "--example-data", type=Path, help="CUDA-BEVFusion example-data folder to compare on instead (its cameras)"
     )
     p.set_defaults(run=_validate)
+
+    p = sub.add_parser("sensitivity", help="rank the int8 model's units by what leaving each in float gains")
+    p.add_argument("--cameras", type=int, nargs="+", default=[0], help="cameras of the held-out scene (default: 0)")
+    p.add_argument("--target-db", type=float, help="then: the shortest head of the ranking that reaches this SQNR")
+    p.add_argument("--export", type=Path, help="with --target-db: write the partially quantized graphs here")
+    p.add_argument("--seed", type=int, default=0, help="seed of the default weights")
+    p.set_defaults(run=_sensitivity)
 
     p = sub.add_parser("bench", help="benchmarks")
     p.add_argument("target", choices=("bevpool",))
@@ -152,6 +160,34 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"FAILED: {failure}")
     print("split pipeline OK" if result.ok else f"{len(result.failures)} tolerance check(s) failed")
     return 0 if result.ok else 1
+
+
+def _sensitivity(args: argparse.Namespace) -> int:
+    from . import quant, sensitivity
+    from .config import R50
+    from .data import make_sample
+    from .export import export_camera
+
+    if any(not 0 <= c < R50.num_cameras for c in args.cameras):
+        raise ValueError(f"--cameras must be among 0 … {R50.num_cameras - 1}, got {args.cameras}")
+    if args.export and args.target_db is None:
+        raise ValueError("--export writes the graph of --target-db's float set: give --target-db too")
+    model = quant.default_int8_model(args.seed)
+    result = sensitivity.analyse(model, make_sample("synthetic", seed=quant.HELD_OUT_SEED), args.cameras)
+    print(result.table())
+    if args.target_db is not None:
+        chosen, path = result.shortest_float_set(args.target_db)
+        total, removed = (sum(u.qdq_pairs for u in units) for units in (result.units, chosen))
+        print(
+            f"left in float for {args.target_db:g} dB (pooled BEV {path[-1]:.2f} dB):",
+            ", ".join(u.name for u in chosen),
+        )
+        print(f"Q/DQ pairs in camera.backbone.onnx: {total} → {total - removed}")
+        if args.export:
+            args.export.mkdir(parents=True, exist_ok=True)
+            with sensitivity.left_in_float(chosen):
+                export_camera(model, args.export, precision="int8")
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from .config import R50, CameraConfig
 from .data import make_sample
 from .geometry import depth_map
-from .model import CameraBranch, fold_batchnorm, state_digest
+from .model import CameraBranch, build_camera_model, fold_batchnorm, state_digest
 from .model.checkpoint import key_mismatch
 from .model.resnet import Bottleneck
 from .paths import build_dir
@@ -456,6 +456,20 @@ def prepare_int8(
         load_amax(model, calibration)
     else:
         load_calibration(model, calibration)
+    return model
+
+
+def default_int8_model(seed: int = 0, progress: bool = True, config: CameraConfig = R50, tag: str = "") -> CameraBranch:
+    """``build_camera_model(seed=seed, config=config)`` quantized with chapter 04's calibration (``calibration_file``:
+    MSE over ``DEFAULT_CALIB_SAMPLES`` scenes, ``tag`` appended to the file name for another configuration),
+    calibrated and saved there first when the file is missing: the int8 model later chapters, tests and CLI
+    commands share."""
+    model = build_camera_model(seed=seed, config=config)
+    default = calibration_file(seed, DEFAULT_CALIB_SAMPLES, "mse")
+    cached = default.with_name(f"{default.stem}{tag}{default.suffix}")
+    prepare_int8(model, calibration=cached if cached.is_file() else None, progress=progress)
+    if not cached.is_file():
+        save_calibration(model, cached)
     return model
 
 

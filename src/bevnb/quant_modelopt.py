@@ -177,19 +177,32 @@ def _calibrate_histograms(model: nn.Module, forward_loop, method: str, percentil
         q.enable_calib()
     try:
         forward_loop(model)
-        for q in found:
-            calibrator = q._calibrator
-            if not isinstance(calibrator, HistogramCalibrator):
-                q.load_calib_amax()
-            elif method == "mse":
-                hist, edges = calibrator._calib_hist.float().cpu(), calibrator._calib_bin_edges.float().cpu()
-                q.amax = quant.mse_amax(hist, edges, q.num_bits)
-            else:
-                q.load_calib_amax("percentile", percentile=percentile)
     finally:
         for q in found:
             q.enable_quant()
             q.disable_calib()
+    for q in found:
+        if not isinstance(q._calibrator, HistogramCalibrator):
+            q.load_calib_amax()
+    compute_amax_modelopt(model, method, percentile)
+
+
+def compute_amax_modelopt(model: nn.Module, method: str = "mse", percentile: float = 99.99) -> None:
+    """Set every histogram quantizer's amax from the histogram it collected (``calibrate_modelopt`` with ``mse`` or
+    ``percentile`` did): ``mse`` by ``quant.mse_amax``, ``percentile`` by ModelOpt's own percentile."""
+    if CALIBRATORS.get(method) != "histogram":
+        raise ValueError(f"compute_amax_modelopt picks from histograms: mse or percentile, got {method!r}")
+    for q in quantizers(model).values():
+        calibrator = q._calibrator
+        if not isinstance(calibrator, HistogramCalibrator):
+            continue
+        if calibrator._calib_hist is None:
+            raise ValueError("a quantizer has no histogram: calibrate_modelopt with mse or percentile first")
+        if method == "mse":
+            hist, edges = calibrator._calib_hist.float().cpu(), calibrator._calib_bin_edges.float().cpu()
+            q.amax = quant.mse_amax(hist, edges, q.num_bits)
+        else:
+            q.load_calib_amax("percentile", percentile=percentile)
 
 
 def modelopt_mse_amax(model: nn.Module, names: Sequence[str]) -> list[float]:

@@ -44,15 +44,12 @@ def ensure_exported(precision: str = "fp16", seed: int = 0, verbose: bool = True
     and calibration file, tagged ``-<N>cam-<iH>x<iW>-<X>x<Y>``: ``build/onnx/fp16-5cam-384x1056-256x128``.
 
     Chapters 05, 07 and 08 and the tests use it, so each can run on its own and none exports twice."""
-    model = build_camera_model(seed=seed, config=config)
     (iH, iW), (X, Y) = config.image_size, config.bev_size
     tag = "" if config == R50 else f"-{config.num_cameras}cam-{iH}x{iW}-{X}x{Y}"
-    if precision == "int8":
-        default = quant.calibration_file(seed, quant.DEFAULT_CALIB_SAMPLES, "mse")
-        cached = default.with_name(f"{default.stem}{tag}{default.suffix}")  # its digest covers the grid buffers
-        quant.prepare_int8(model, calibration=cached if cached.is_file() else None, progress=verbose)
-        if not cached.is_file():
-            quant.save_calibration(model, cached)
+    if precision == "int8":  # the calibration file's digest covers the grid buffers
+        model = quant.default_int8_model(seed, verbose, config, tag)
+    else:
+        model = build_camera_model(seed=seed, config=config)
     out_dir = build_dir("onnx", precision + tag)
     manifest = out_dir / MANIFEST
     expected = {"precision": precision, "state": state_digest(model), "files": [BACKBONE_FILE, VTRANSFORM_FILE]}

@@ -8,7 +8,7 @@ IPython's PNG formatter for Figure). Chapters append their figure functions at t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from .model import CameraBranch
+    from .sensitivity import Sensitivity, Unit
     from .validation import Int8Accuracy
 
 # nuScenes' usual picture: front cameras on top, back cameras below, each row left to right as seen from the car
@@ -470,4 +471,51 @@ def plot_block_sqnr(accuracy: Int8Accuracy) -> Figure:
     ax.tick_params(axis="x", rotation=60)
     ax.grid(alpha=0.3)
     ax.legend()
+    return fig
+
+
+def plot_amax_agreement(comparisons: Mapping[str, tuple[Mapping[str, Tensor], Mapping[str, Tensor]]]) -> Figure:
+    """Activation amax of pytorch-quantization (x) against another toolkit's (y), one marker per quantizer name
+    present in both dicts, one series per ``{label: (pytorch-quantization amax, other amax)}``, log-log: on the
+    diagonal they agree."""
+    fig = Figure(figsize=(6.2, 5.4), layout="constrained")
+    ax = fig.subplots()
+    low, high = float("inf"), 0.0
+    for (label, (reference, other)), marker in zip(comparisons.items(), "o^sxv", strict=False):
+        names = [n for n in reference if n in other and "_weight_quantizer" not in n]
+        x = [float(reference[n]) for n in names]
+        y = [float(other[n]) for n in names]
+        ax.scatter(x, y, marker=marker, s=28, alpha=0.7, label=f"{label} ({len(names)})")
+        low, high = min(low, *x, *y), max(high, *x, *y)
+    ax.plot([low, high], [low, high], color="0.5", lw=1, zorder=0)
+    ax.set(xscale="log", yscale="log", xlabel="pytorch-quantization amax", ylabel="other toolkit's amax")
+    ax.set_title("activation amax, same calibration scenes")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_sensitivity(result: Sensitivity, chosen: Sequence[Unit], path: Sequence[float], target_db: float) -> Figure:
+    """Left: the pooled-BEV SQNR gain (dB over all-int8) of each unit left in float on its own, ranked, the units
+    of the float set ``chosen`` in colour. Right: the pooled-BEV SQNR as that set grows along the ranking
+    (``path``), against ``target_db``."""
+    ranking = result.ranking()
+    gains = [result.sqnr[u.name]["bev"] - result.baseline["bev"] for u in ranking]
+    picked = {u.name for u in chosen}
+    fig = Figure(figsize=(13, 0.22 * len(ranking) + 1.5), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=(3, 2))
+    colors = ["tab:blue" if u.name in picked else "0.7" for u in ranking]
+    left.barh(range(len(ranking)), gains, color=colors)
+    left.set_yticks(range(len(ranking)), [u.name for u in ranking], fontsize=8)
+    left.invert_yaxis()
+    left.axvline(0, color="0.3", lw=0.8)
+    left.set(xlabel="pooled-BEV SQNR gain with only this unit in float (dB)", title="one unit in float at a time")
+    steps = range(len(path) + 1)
+    right.plot(steps, [result.baseline["bev"], *path], "-o", color="tab:blue")
+    right.axhline(target_db, color="tab:red", ls="--", label=f"target {target_db:g} dB")
+    right.set_xticks(steps, ["all int8", *(u.name.split(".", 1)[-1] for u in chosen)], rotation=45, ha="right")
+    right.set(ylabel="pooled-BEV SQNR (dB)", title="the ranking's head left in float")
+    right.grid(alpha=0.3)
+    right.legend()
+    fig.suptitle(f"where int8 hurts (cameras {list(result.cameras)} of the held-out scene)")
     return fig
