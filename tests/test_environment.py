@@ -37,3 +37,10 @@ def test_torch_and_pytorch_quantization_are_pinned_exactly():
 def test_makefile_installs_the_extras_environment_yml_names():
     makefile = (REPO_ROOT / "Makefile").read_text()
     assert "pip install -q -e '.[dev]'" in makefile
+
+
+def test_dev_installs_the_modelopt_extra_without_its_gpu_onnx_extra():
+    extras = _pyproject()["project"]["optional-dependencies"]
+    assert "modelopt" in re.findall(r"bevnb\[(.*)\]", extras["dev"][0])[0].split(",")
+    assert any(d.startswith("nvidia-modelopt>=") for d in extras["modelopt"])
+    assert not any(d.startswith("nvidia-modelopt[") for d in extras["modelopt"])  # [onnx] pulls onnxruntime-gpu

@@ -12,7 +12,7 @@ import bevnb
 
 PACKAGE = Path(bevnb.__file__).parent
 MAX_LINES = 600
-HEAVY = ("pytorch_quantization", "matplotlib", "onnxruntime")
+HEAVY = ("pytorch_quantization", "matplotlib", "onnxruntime", "modelopt")
 
 
 def _module_name(path: Path, root: Path = PACKAGE) -> str:

@@ -10,8 +10,8 @@ One entry point per step of the tutorial:
 * ``plan_bev_pool`` / ``bev_pool`` — the calibration-time plan and the pooling kernels.
 
 The other steps live in their modules (``bevnb.quant``, ``bevnb.graphs``, ``bevnb.pipeline``, ``bevnb.validation``
-…), which load on first use: ``import bevnb`` stays light and imports neither pytorch-quantization, nor ONNX
-Runtime, nor matplotlib.
+…), which load on first use: ``import bevnb`` stays light and imports neither pytorch-quantization, nor ModelOpt,
+nor ONNX Runtime, nor matplotlib.
 
 Layering: modules import downward only, in this order (a test reads the imports and fails on any circle)::
 
@@ -23,7 +23,11 @@ Layering: modules import downward only, in this order (a test reads the imports 
     → scene, data, oracle
     → subclass        SubclassCameraModule and the split's interface (file and I/O names)
     → graphs → drawing, netron_view
-    → quant → export → pipeline → validation
+    → quant           pytorch-quantization: the recipe, calibration, amax I/O, the placement
+    → quant_modelopt  the same recipe with TensorRT Model Optimizer
+    → sensitivity     where int8 hurts
+    → export → pipeline → validation
+    → toolchains      ModelOpt beside pytorch-quantization, onnxsim beside onnxslim
     → viz, environment, chapters → cli
 """
 

@@ -26,6 +26,9 @@ CHAPTERS = (
     "06_triton_bev_pool",
     "07_split_pipeline",
     "08_your_own_rig",
+    "09_int8_modelopt",
+    "10_onnx_simplifiers",
+    "11_int8_sensitivity",
 )
 
 

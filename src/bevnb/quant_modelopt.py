@@ -44,10 +44,7 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 
-import modelopt.torch.quantization as mtq
 import torch
-from modelopt.torch.quantization.calib import HistogramCalibrator
-from modelopt.torch.quantization.nn import QuantModuleRegistry, TensorQuantizer
 from torch import Tensor, nn
 
 from . import quant
@@ -55,6 +52,12 @@ from .model import CameraBranch, fold_batchnorm
 from .model.neck import Concat
 from .model.resnet import Bottleneck
 from .subclass import SubclassCameraModule
+
+with warnings.catch_warnings():  # on import ModelOpt warns about optional packages (transformers, Jupyter widgets)
+    warnings.simplefilter("ignore")
+    import modelopt.torch.quantization as mtq
+    from modelopt.torch.quantization.calib import HistogramCalibrator
+    from modelopt.torch.quantization.nn import QuantModuleRegistry, TensorQuantizer
 
 CALIBRATORS = {"max": "max", "mse": "histogram", "percentile": "histogram"}  # method → ModelOpt calibrator
 

@@ -117,7 +117,7 @@ def amax_table(comparisons: Mapping[str, Mapping[str, float]]) -> Table:
     for label, diffs in comparisons.items():
         weights = [d for name, d in diffs.items() if "_weight_quantizer" in name]
         activations = [d for name, d in diffs.items() if "_weight_quantizer" not in name]
-        worst = max(diffs, key=diffs.get)
+        worst = max(diffs, key=diffs.get) if max(diffs.values()) > 0 else "—"
         rows.append(
             (
                 label,
