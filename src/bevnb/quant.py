@@ -97,22 +97,20 @@ def quantize_camera(model: CameraBranch) -> CameraBranch:
         if isinstance(block, Bottleneck) and block.downsample is not None:
             block.residual_quantizer = _activation_quantizer()  # the downsample's output: a tensor of its own
     model.neck.quant_concat0, model.neck.quant_concat1 = QuantConcat(), QuantConcat()
-    for (owner, owner_attribute), *users in shared_quantizer_sites(model):
-        for module, attribute in users:
-            setattr(module, attribute, getattr(owner, owner_attribute))
+    share_quantizers(model)
     return model
 
 
-def shared_quantizer_sites(model: CameraBranch, input_attribute: str = "_input_quantizer") -> list[list[tuple]]:
-    """CUDA-BEVFusion's sharing rule as groups of ``(module, attribute)`` sites that read one tensor and must use one
-    quantizer, the owner first (a conv1, under ``input_attribute``):
+def share_quantizers(model: CameraBranch, input_attribute: str = "_input_quantizer") -> None:
+    """In place, CUDA-BEVFusion's sharing rule: in each group of ``(module, attribute)`` sites that read one tensor,
+    every site gets the quantizer of the first (a conv1's, under ``input_attribute``):
 
     * a Bottleneck without downsample: conv1's input and the Add's identity input (``residual_quantizer``);
     * with a downsample: conv1's and ``downsample[0]``'s inputs; for ``layer3[0]`` (layer2's output) also
       ``neck.quant_concat1`` and ``neck.lateral_convs[0].conv``, which reads that concat; for ``layer4[0]`` (layer3's
       output) ``neck.quant_concat0`` and ``neck.lateral_convs[1].conv``.
 
-    ``bevnb.quant`` and ``bevnb.quant_modelopt`` apply the same groups, each under its toolkit's attribute name."""
+    ``bevnb.quant`` and ``bevnb.quant_modelopt`` share by this one rule, each under its toolkit's attribute name."""
     backbone, neck = model.backbone, model.neck
     concat_users = {
         id(backbone.layer3[0]): (neck.quant_concat1, neck.lateral_convs[0].conv),
@@ -127,7 +125,9 @@ def shared_quantizer_sites(model: CameraBranch, input_attribute: str = "_input_q
         else:
             readers = (block.downsample[0], *concat_users.get(id(block), ()))
             groups.append([(block.conv1, input_attribute), *((m, input_attribute) for m in readers)])
-    return groups
+    for (owner, owner_attribute), *users in groups:
+        for module, attribute in users:
+            setattr(module, attribute, getattr(owner, owner_attribute))
 
 
 def _activation_quantizer() -> TensorQuantizer:

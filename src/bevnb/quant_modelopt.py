@@ -16,7 +16,7 @@ a ``weight_quantizer``; bevnb finds quantized modules by those attributes. The s
      neck ``Concat`` (one ``input_quantizer`` for both inputs) with ``mtq.register``, ModelOpt's documented way to
      quantize a custom module;
    * a config names quantizers one by one: it cannot say "these five sites share one scale". bevnb assigns one
-     quantizer object to every site of a group (``quant.shared_quantizer_sites``, the rule ``bevnb.quant`` uses).
+     quantizer object to every site of a group (``quant.share_quantizers``, the rule ``bevnb.quant`` applies).
      Calibration and ONNX export honour the sharing; ModelOpt's own checkpoint does not: restoring a
      ``mto.modelopt_state`` fails on the later names of each shared quantizer ("Extra keys in quantizer
      state_dict"; "Unmatched keys" already without bevnb's registered classes, which ``quantize_camera_modelopt``
@@ -106,9 +106,7 @@ def quantize_camera_modelopt(model: CameraBranch, method: str = "max") -> Camera
     fold_batchnorm(model)
     with _quiet(), _registered({Concat: _QuantConcat, Bottleneck: _QuantBottleneck}):
         mtq.quantize(model, int8_config(method))
-    for (owner, owner_attribute), *users in quant.shared_quantizer_sites(model, "input_quantizer"):
-        for module, attribute in users:
-            setattr(module, attribute, getattr(owner, owner_attribute))
+    quant.share_quantizers(model, "input_quantizer")
     return model
 
 

@@ -18,7 +18,7 @@ a time).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -98,13 +98,14 @@ class Sensitivity:
     baseline: dict[str, float]
     sqnr: dict[str, dict[str, float]]
     cameras: tuple[int, ...]
-    _run: object = field(repr=False)
+    _run: Callable[[Sequence[Unit]], dict[str, float]] = field(repr=False)
 
     def ranking(self) -> list[Unit]:
         """Units by pooled-BEV SQNR with that unit in float, highest (the most harmful in int8) first."""
         return sorted(self.units, key=lambda u: self.sqnr[u.name]["bev"], reverse=True)
 
     def table(self, top: int | None = None) -> Table:
+        """The ranking (its first ``top`` units), SQNR of every output and the BEV gain; the all-int8 row last."""
         rows = [
             (
                 rank,
@@ -174,7 +175,7 @@ def analyse(model: CameraBranch, sample: dict, cameras: Sequence[int] = (0,), pr
         quantized = outputs()
 
     def run(float_units: Sequence[Unit]) -> dict[str, float]:
-        start = min(record.first_call[id(unit)] for unit in float_units)
+        start = min(record.first_call[unit.name] for unit in float_units)
         with quant.quiet_logs(), left_in_float(float_units), record.replaying_before(start):
             out = outputs()
         return {o: compare(reference[o], out[o])["sqnr_db"] for o in OUTPUTS}
@@ -191,7 +192,7 @@ class _Record:
     def __init__(self) -> None:
         self.step = 0
         self.finished: list[tuple[int, nn.Module, object]] = []
-        self.first_call: dict[int, int] = {}
+        self.first_call: dict[str, int] = {}  # unit name → step
 
     @contextlib.contextmanager
     def replaying_before(self, step: int) -> Iterator[None]:
@@ -209,7 +210,7 @@ class _Record:
 @contextlib.contextmanager
 def _recording(model: CameraBranch, units: Sequence[Unit]) -> Iterator[_Record]:
     record = _Record()
-    unit_of = {id(q): id(unit) for unit in units for q in unit.quantizers}
+    unit_of = {id(q): unit.name for unit in units for q in unit.quantizers}
 
     def tick(module: nn.Module, args: tuple) -> None:
         record.step += 1
