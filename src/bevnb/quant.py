@@ -206,10 +206,16 @@ def export_mode() -> Iterator[None]:
         TensorQuantizer.use_fb_fake_quant = before
 
 
-@contextlib.contextmanager
-def quantization_disabled(model: nn.Module) -> Iterator[None]:
+def quantization_disabled(model: nn.Module) -> contextlib.AbstractContextManager[None]:
     """Every quantizer bypassed (upstream's ``disable_quantization``, used for ``--fp16``); restored after."""
-    found = list(quantizers(model).values())
+    return quantizers_disabled(quantizers(model).values())
+
+
+@contextlib.contextmanager
+def quantizers_disabled(chosen: Iterable[TensorQuantizer]) -> Iterator[None]:
+    """The ``chosen`` quantizers bypassed (their tensors stay float, their Q/DQ pairs leave the export); restored
+    after."""
+    found = list(chosen)
     before = [q._disabled for q in found]
     for q in found:
         q.disable()

@@ -74,19 +74,10 @@ def sensitivity_units(model: CameraBranch) -> list[Unit]:
     return sorted(units.values(), key=lambda u: min(order[first[id(q)]] for q in u.quantizers))
 
 
-@contextlib.contextmanager
-def left_in_float(units: Sequence[Unit]) -> Iterator[None]:
+def left_in_float(units: Sequence[Unit]) -> contextlib.AbstractContextManager[None]:
     """The units' quantizers disabled (their layers run in float, their Q/DQ pairs leave the export); restored
     after."""
-    found = [q for unit in units for q in unit.quantizers]
-    before = [q._disabled for q in found]
-    for q in found:
-        q.disable()
-    try:
-        yield
-    finally:
-        for q, disabled in zip(found, before, strict=True):
-            q._disabled = disabled
+    return quant.quantizers_disabled(q for unit in units for q in unit.quantizers)
 
 
 @dataclass
