@@ -263,23 +263,32 @@ def calibrate(
     ``data`` (a number of synthetic scenes, seeds 0 …, or ``(img, depth)`` pairs), then ``compute_amax``."""
     _check_method(method)
     start = time.perf_counter()
-    total = data if isinstance(data, int) else None
-    inputs = synthetic_inputs(data) if isinstance(data, int) else data
-    collect_statistics(model, inputs, progress, total)
+    collect_statistics(model, data, progress)
     compute_amax(model, method, percentile)
     return time.perf_counter() - start
 
 
 @torch.no_grad()
-def collect_statistics(
-    model: CameraBranch, inputs: Iterable[tuple[Tensor, Tensor]], progress: bool = True, total: int | None = None
-) -> int:
-    """Run the float forward of ``SubclassCameraModule`` over ``(img [1, N, 3, iH, iW], depth [1, N, 1, iH, iW])``
-    pairs, every activation quantizer feeding its histogram and none quantizing (upstream's
-    ``disable_quant`` + ``enable_calib``); return the number of pairs seen. Nothing after the split is quantized,
-    so calibration needs no bev_pool."""
+def run_scenes(model: nn.Module, data: int | Iterable[tuple[Tensor, Tensor]], progress: bool = True) -> int:
+    """The forward of ``SubclassCameraModule(model)`` over ``data`` — a number of synthetic scenes (seeds 0 …,
+    ``synthetic_inputs``) or ``(img [1, N, 3, iH, iW], depth [1, N, 1, iH, iW])`` pairs — with a progress bar;
+    return the number of pairs seen. Calibration's pass, for either toolkit's quantizers."""
     from tqdm import tqdm
 
+    total = data if isinstance(data, int) else None
+    inputs = synthetic_inputs(data) if isinstance(data, int) else data
+    split = SubclassCameraModule(model).eval()
+    seen = 0
+    for img, depth in tqdm(inputs, desc="calibrating", unit="scene", total=total, disable=not progress):
+        split(img, depth)
+        seen += 1
+    return seen
+
+
+def collect_statistics(model: CameraBranch, data: int | Iterable[tuple[Tensor, Tensor]], progress: bool = True) -> int:
+    """``run_scenes`` with every activation quantizer feeding its histogram and none quantizing (upstream's
+    ``disable_quant`` + ``enable_calib``); return the number of pairs seen. Nothing after the split is quantized,
+    so calibration needs no bev_pool."""
     every = list(quantizers(model).values())
     activations = _activation_quantizers(model)
     if not activations:
@@ -290,12 +299,8 @@ def collect_statistics(
         for q in activations:
             q._calibrator.reset()
             q.enable_calib()
-    seen = 0
     try:
-        split = SubclassCameraModule(model).eval()
-        for img, depth in tqdm(inputs, desc="calibrating", unit="scene", total=total, disable=not progress):
-            split(img, depth)
-            seen += 1
+        seen = run_scenes(model, data, progress)
     finally:
         with quiet_logs():
             for q in every:

@@ -51,7 +51,6 @@ from . import quant
 from .model import CameraBranch, fold_batchnorm
 from .model.neck import Concat
 from .model.resnet import Bottleneck
-from .subclass import SubclassCameraModule
 
 with warnings.catch_warnings():  # on import ModelOpt warns about optional packages (transformers, Jupyter widgets)
     warnings.simplefilter("ignore")
@@ -142,8 +141,6 @@ def calibrate_modelopt(
     0 …, or ``(img, depth)`` pairs, as ``quant.calibrate``) and return the wall time in seconds. ``max``:
     ``mtq.calibrate``; ``mse`` / ``percentile``: ModelOpt's histograms, amax chosen as the module docstring says.
     Weights take their per-channel max either way."""
-    from tqdm import tqdm
-
     _check_method(method)
     found = quantizers(model)
     if not found:
@@ -151,14 +148,9 @@ def calibrate_modelopt(
     histogram = any(isinstance(q._calibrator, HistogramCalibrator) for q in found.values())
     if histogram != (CALIBRATORS[method] == "histogram"):
         raise ValueError(f"the model was quantized for another calibrator than {method!r} needs; quantize it again")
-    total = data if isinstance(data, int) else None
-    inputs = quant.synthetic_inputs(data) if isinstance(data, int) else data
 
-    @torch.no_grad()
     def forward_loop(module: nn.Module) -> None:
-        split = SubclassCameraModule(module).eval()
-        for img, depth in tqdm(inputs, desc="calibrating", unit="scene", total=total, disable=not progress):
-            split(img, depth)
+        quant.run_scenes(module, data, progress)
 
     start = time.perf_counter()
     with _quiet():
