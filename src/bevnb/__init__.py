@@ -19,8 +19,11 @@ Layering: modules import downward only, in this order (a test reads the imports 
     → rig             a deployment rig file → CameraConfig + calibration matrices
     → geometry        frustum, lift geometry, the depth map, the bev_pool plan
     → bevpool/        reference, Triton kernels, dispatch, backend comparison
-    → model/          ResNet50, GeneralizedLSSFPN, DepthLSSTransform, CameraBranch, checkpoints
+    → model/          ResNet50, GeneralizedLSSFPN, DepthLSSTransform, CameraBranch, checkpoints;
+                      head (decoder + CenterHead), box_coder (targets, decoding)
     → scene, data, oracle
+    → inputs          your checkpoint, rig and calibration frames (BEVNB_CHECKPOINT, BEVNB_RIG …)
+    → detection       the nuScenes detection metric (AP by centre distance, ATE, ASE, AOE)
     → subclass        SubclassCameraModule and the split's interface (file and I/O names)
     → graphs → drawing, netron_view
     → quant           pytorch-quantization: the recipe, calibration, amax I/O, the placement

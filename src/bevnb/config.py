@@ -11,7 +11,20 @@ import math
 from dataclasses import dataclass
 
 Bound = tuple[float, float, float]
+# nuScenes' ten detection classes in BEVFusion's order (configs/nuscenes/default.yaml ``object_classes``): a label is
+# an index into it, for the synthetic scene's boxes and for the detection head's output alike
+CLASS_NAMES = (
+    "car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle", "pedestrian",
+    "traffic_cone",
+)  # fmt: skip
 FEATURE_STRIDE = 8  # the neck's level 0 (ResNet layer2) is 1/8 of the network input
+
+# What bevnb agrees to allocate for one configuration (R50 uses about 1/32, 1/16 and 1/32 of each): every camera's
+# input pixels N·iH·iW (the img tensor), frustum points N·D·fH·fW (the plan keeps a few int64 per point) and BEV
+# cells X·Y·Z (bev_pool's output is C·Z × X × Y floats). A rig beyond them is refused before anything is allocated.
+MAX_INPUT_PIXELS = 2**25
+MAX_FRUSTUM_POINTS = 2**25
+MAX_GRID_CELLS = 2**22
 
 
 class ConfigError(ValueError):
@@ -28,7 +41,8 @@ class CameraConfig:
 
     ``xbound``/``ybound``/``zbound`` are ``(low, high, step)`` in metres in the lidar frame; ``dbound`` is the
     depth bin range in metres along the camera ray. Construction checks what the model needs: an input divisible by
-    8, bounds that split into whole cells, an even X and Y for the stride-2 downsample.
+    8, bounds that split into whole cells, an even X and Y for the stride-2 downsample, and sizes within
+    ``MAX_INPUT_PIXELS``, ``MAX_FRUSTUM_POINTS`` and ``MAX_GRID_CELLS``.
     """
 
     image_size: tuple[int, int] = (256, 704)  # (iH, iW) after the test-time aug
@@ -51,13 +65,33 @@ class CameraConfig:
                 f"{iH}×{iW} (height × width) must be positive and divisible by {FEATURE_STRIDE}: the feature map is "
                 f"the input / {FEATURE_STRIDE}",
             )
+        if self.num_cameras * iH * iW > MAX_INPUT_PIXELS:
+            raise ConfigError(
+                "image_size",
+                f"{self.num_cameras} cameras × {iH}×{iW} pixels is more input than bevnb allocates "
+                f"({MAX_INPUT_PIXELS:,} pixels in all)",
+            )
+        cells = {}
         for name in ("xbound", "ybound", "zbound", "dbound"):
             lo, hi, step = getattr(self, name)
             if not (math.isfinite(lo) and math.isfinite(hi) and step > 0 and hi > lo):
                 raise ConfigError(name, f"(low, high, step) = {(lo, hi, step)} needs low < high and step > 0")
-            cells = (hi - lo) / step
-            if name != "dbound" and abs(cells - round(cells)) > 1e-6 * max(1.0, cells):
-                raise ConfigError(name, f"(high - low) / step = {cells:.4g} is not a whole number of cells")
+            cells[name] = (hi - lo) / step
+            limit = MAX_FRUSTUM_POINTS if name == "dbound" else MAX_GRID_CELLS
+            if not cells[name] <= limit:  # also catches inf: (high - low) can overflow
+                raise ConfigError(name, f"(high - low) / step = {cells[name]:.4g} cells, more than bevnb allocates")
+            if name != "dbound" and abs(cells[name] - round(cells[name])) > 1e-6 * max(1.0, cells[name]):
+                raise ConfigError(name, f"(high - low) / step = {cells[name]:.4g} is not a whole number of cells")
+        X, Y, Z = self.grid_size
+        if X * Y * Z > MAX_GRID_CELLS:
+            axis = max(("xbound", "ybound", "zbound"), key=cells.get)
+            raise ConfigError(axis, f"a {X}×{Y}×{Z} grid is more cells than bevnb allocates ({MAX_GRID_CELLS:,})")
+        if self.frustum_points > MAX_FRUSTUM_POINTS:
+            raise ConfigError(
+                "dbound",
+                f"{self.depth_bins} depth bins make {self.frustum_points:,} frustum points, more than bevnb plans "
+                f"({MAX_FRUSTUM_POINTS:,})",
+            )
 
     @property
     def feature_size(self) -> tuple[int, int]:

@@ -20,17 +20,13 @@ from functools import cache
 import torch
 from torch import Tensor
 
+from .config import CLASS_NAMES
 from .geometry import get_geometry
 from .rig import Rig, as_rig
 
 # ---------------------------------------------------------------------------------------------------------------
 # The scene: a straight street along lidar +y, boxes on it
 
-# nuScenes' ten detection classes in BEVFusion's order (configs/nuscenes/default.yaml ``object_classes``)
-CLASS_NAMES = (
-    "car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle", "pedestrian",
-    "traffic_cone",
-)  # fmt: skip
 CAR, PEDESTRIAN = CLASS_NAMES.index("car"), CLASS_NAMES.index("pedestrian")
 
 LANE_WIDTH = 3.5  # three lanes centred on x = -3.5, 0, 3.5 (m); the ego car drives in the middle one

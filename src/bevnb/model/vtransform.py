@@ -22,7 +22,10 @@ from ..config import R50, CameraConfig
 from ..geometry import create_frustum
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, bias: bool = True):
+def conv_bn_relu(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, bias: bool = True
+) -> list[nn.Module]:
+    """``[Conv2d (padding k // 2), BatchNorm2d, ReLU]``, to be unpacked into an ``nn.Sequential``."""
     return [
         nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=bias),
         nn.BatchNorm2d(out_channels),
@@ -45,19 +48,19 @@ class DepthLSSTransform(nn.Module):
         self.register_buffer("nx", torch.tensor(config.grid_size, dtype=torch.int64))
         self.register_buffer("frustum", create_frustum(config))
         self.dtransform = nn.Sequential(
-            *_conv_bn_relu(1, 8, 1), *_conv_bn_relu(8, 32, 5, stride=4), *_conv_bn_relu(32, 64, 5, stride=2)
+            *conv_bn_relu(1, 8, 1), *conv_bn_relu(8, 32, 5, stride=4), *conv_bn_relu(32, 64, 5, stride=2)
         )
         self.depthnet = nn.Sequential(
-            *_conv_bn_relu(config.in_channels + 64, config.in_channels, 3),
-            *_conv_bn_relu(config.in_channels, config.in_channels, 3),
+            *conv_bn_relu(config.in_channels + 64, config.in_channels, 3),
+            *conv_bn_relu(config.in_channels, config.in_channels, 3),
             nn.Conv2d(config.in_channels, D + C, 1),
         )
         if config.downsample != 2:
             raise ValueError(f"DepthLSSTransform supports downsample=2 (as upstream), got {config.downsample}")
         self.downsample = nn.Sequential(
-            *_conv_bn_relu(C, C, 3, bias=False),
-            *_conv_bn_relu(C, C, 3, stride=2, bias=False),
-            *_conv_bn_relu(C, C, 3, bias=False),
+            *conv_bn_relu(C, C, 3, bias=False),
+            *conv_bn_relu(C, C, 3, stride=2, bias=False),
+            *conv_bn_relu(C, C, 3, bias=False),
         )
 
     def depth_and_features(self, x: Tensor, depth: Tensor) -> tuple[Tensor, Tensor]:
