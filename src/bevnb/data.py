@@ -12,7 +12,10 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -272,8 +275,6 @@ def example_data_rig(directory: str | Path, like: Rig | str | Path | None = None
     present, else the identity. The network input size and the model's grid are not in the files: they come from
     ``like`` (default: the nuScenes-like rig, 256×704 and a 360×360 grid, what upstream's example-data was made for).
     """
-    from PIL import Image
-
     directory, like = _example_dir(directory), as_rig(like)
     K = _read_matrix(directory, "camera_intrinsics")
     N = K.shape[1]
@@ -283,10 +284,7 @@ def example_data_rig(directory: str | Path, like: Rig | str | Path | None = None
         raise ValueError(f"{directory}/img_aug_matrix.tensor: cameras have different augs; a rig applies one to all")
     resize, crop_x, crop_y = _check_resize_crop(aug[0, 0])
     files = _camera_images(directory, N)
-    sizes = []
-    for file in files:
-        with Image.open(file) as im:
-            sizes.append((im.height, im.width))
+    sizes = [_open_image(file, lambda im: (im.height, im.width)) for file in files]
     return Rig(
         name=directory.name,
         camera_names=tuple("CAM_" + f.stem.split("-", 1)[1] for f in files),
@@ -318,8 +316,6 @@ def load_example_data(directory: str | Path, rig: Rig | str | Path | None = None
     are there (``tool/dump-data.py`` writes them); otherwise ``lidar2camera = inv(camera2lidar)``, the lidar aug is
     the identity, and the ego frame is taken to be the lidar frame (the camera branch uses none of these three).
     """
-    from PIL import Image
-
     directory = _example_dir(directory)
     rig = example_data_rig(directory) if rig is None else as_rig(rig)
     cams, ego = (1, rig.num_cameras, 4, 4), (1, 4, 4)
@@ -334,11 +330,11 @@ def load_example_data(directory: str | Path, rig: Rig | str | Path | None = None
 
     images = []
     for i, file in enumerate(_camera_images(directory, rig.num_cameras)):
-        with Image.open(file) as im:
-            (h, w) = rig.raw_sizes[i]
-            if (im.height, im.width) != (h, w):
-                raise ValueError(f"{file}: {im.width}×{im.height} image, the rig's camera {i} is {w}×{h}")
-            images.append(_resize_crop(im.convert("RGB"), sample["img_aug_matrix"][0, i], rig.image_size))
+        (h, w) = rig.raw_sizes[i]
+        if _open_image(file, lambda im: (im.height, im.width)) != (h, w):
+            raise ValueError(f"{file}: the image is not {w}×{h}, the size of the rig's camera {i}")
+        rgb = _open_image(file, lambda im: im.convert("RGB"))
+        images.append(_resize_crop(rgb, sample["img_aug_matrix"][0, i], rig.image_size))
     sample["img"] = normalize_image(torch.stack(images)).unsqueeze(0)
     check_calibration(sample, rig.config)
     return sample
@@ -364,6 +360,21 @@ def _camera_images(directory: Path, count: int) -> list[Path]:
     if extra:
         raise ValueError(f"{directory}: {extra[0].name} is a camera beyond the {count} of the calibration files")
     return files
+
+
+def _open_image(file: Path, read: Callable[[Any], Any]) -> Any:
+    """``read(image)`` on ``file`` opened with PIL (``read`` may only look at the header, or decode). Anything PIL
+    refuses (not an image, truncated data, more pixels than PIL's decompression-bomb limit) is one ValueError line."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(file) as im:
+                return read(im)
+    except Exception as exc:  # PIL raises OSError, SyntaxError, DecompressionBombError … for files it cannot read
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(f"{file}: not a readable image ({type(exc).__name__}: {reason:.120})") from None
 
 
 def _require(path: Path) -> Path:

@@ -36,6 +36,9 @@ FIVE_CAMERA_RIG_PATH = DATA_DIR / "five_camera_rig.json"
 # camera axes (x right, y down, z forward) in the lidar frame for a level camera looking along lidar +y
 _FORWARD_CAMERA = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]], dtype=torch.float64)
 _RIGID_TOLERANCE = 1e-4  # max |RᵀR − I| and |det R − 1| of a rotation read from a file
+MAX_RIG_FILE_BYTES = 1 << 20  # a rig is a few kB; a larger file is refused before it is parsed
+MAX_RAW_SIDE = 1 << 15  # raw image height and width, pixels
+MAX_RESIZE = 64.0  # the test-time resize, raw → network pixels
 # CameraConfig field → the rig file's field that sets it
 _CONFIG_FIELDS = {"image_size": "test_image_aug.final_size", "num_cameras": "cameras"}
 
@@ -84,8 +87,8 @@ class Rig:
         for n, pose in enumerate(self.camera2lidar):
             _check_rigid(pose, f"cameras[{n}].camera2lidar")
         _check_rigid(self.lidar2ego, "lidar2ego")
-        if not self.resize > 0:
-            raise RigError(f"test_image_aug.resize: must be > 0, got {self.resize}")
+        if not 0 < self.resize <= MAX_RESIZE:
+            raise RigError(f"test_image_aug.resize: must be > 0 and at most {MAX_RESIZE:g}, got {self.resize}")
         try:
             config = self.config
         except ConfigError as exc:
@@ -200,8 +203,10 @@ def load_rig(path: str | Path = RIG_PATH) -> Rig:
     one line ``<file>: <field>: <reason>``."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_RIG_FILE_BYTES:
+            raise RigError(f"{path}: not a readable rig file (over {MAX_RIG_FILE_BYTES:,} bytes)")
         spec = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise RigError(f"{path}: not a readable rig file ({type(exc).__name__}: {exc})") from None
     try:
         return _rig_from_spec(spec, path.stem)
@@ -253,29 +258,42 @@ def _get(node: object, key: str, where: str, kind: type | None = None) -> object
     return value
 
 
+def _finite(value: object) -> float | None:
+    """``value`` as a float if it is a JSON number (not a boolean) and finite as a float, else None."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)  # an integer beyond 1.8e308 raises OverflowError
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _number(node: object, key: str, where: str) -> float:
     value = _get(node, key, where)
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        raise RigError(f"{where}.{key}: must be a finite number, got {value!r}")
-    return float(value)
+    number = _finite(value)
+    if number is None:
+        raise RigError(f"{where}.{key}: must be a finite number, got {value!r:.60}")
+    return number
 
 
 def _size(node: object, where: str) -> tuple[int, int]:
     h, w = (_number(node, key, where) for key in ("height", "width"))
-    if h != int(h) or w != int(w) or h <= 0 or w <= 0:
-        raise RigError(f"{where}: height and width must be positive whole pixels, got {h:g}×{w:g}")
+    if h != int(h) or w != int(w) or not (0 < h <= MAX_RAW_SIDE and 0 < w <= MAX_RAW_SIDE):
+        raise RigError(
+            f"{where}: height and width must be whole pixels from 1 to {MAX_RAW_SIDE:,}, got {h:.6g}×{w:.6g}"
+        )
     return int(h), int(w)
 
 
 def _numbers(node: object, key: str, where: str, shape: tuple[int, ...]) -> Tensor:
+    """``[*shape]`` float64 from nested JSON lists of finite numbers (booleans are not numbers)."""
     value = _get(node, key, where, list)
-    try:
-        tensor = torch.tensor(value, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError):
-        tensor = None
-    if tensor is None or tuple(tensor.shape) != shape or not torch.isfinite(tensor).all():
-        raise RigError(f"{where}.{key}: must be {'×'.join(map(str, shape))} finite numbers, got {value!r}")
-    return tensor
+    rows = value if len(shape) == 2 else [value]
+    flat = [_finite(v) for row in rows for v in (row if isinstance(row, list) else [None])]
+    if None in flat or len(flat) != math.prod(shape) or any(len(row) != shape[-1] for row in rows):
+        raise RigError(f"{where}.{key}: must be {'×'.join(map(str, shape))} finite numbers, got {value!r:.80}")
+    return torch.tensor(flat, dtype=torch.float64).view(shape)
 
 
 def _pose(node: dict, where: str) -> Tensor:

@@ -10,12 +10,21 @@ Three kinds of file hold camera weights:
   pytorch_quantization and ``lean`` importable, and runs whatever the pickle names. bevnb reads it with a restricted
   unpickler that rebuilds tensors and plain containers only: every other class becomes an inert stand-in whose
   state is kept as data, so no code from the file runs.
+
+Every pickle torch reads goes through that unpickler: the object pickle (``pickle_module.Unpickler``) and the
+legacy format's header and storage-key pickles (``pickle_module.load``, which upstream's recipe of passing a module
+with a custom ``Unpickler`` leaves unrestricted). What the allow-list lets the file call is the tensor rebuild (with
+backward hooks and a parameter's Python state dropped), plain containers, ``torch.Size``/``torch.device`` and the
+dtypes. ``tests/test_hostile_files.py`` writes hostile files in every container and checks that nothing runs.
 """
 
 from __future__ import annotations
 
+import copyreg
 import hashlib
 import pickle
+import warnings
+from collections import OrderedDict
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +72,18 @@ def read_checkpoint(path: str | Path) -> CameraCheckpoint:
     if isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values()):
         return _from_flat(path, "state_dict", obj)
     raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a BEVFusion checkpoint or state dict")
+
+
+def _checked_flat(path: Path, flat: dict) -> dict[str, Tensor]:
+    """``flat`` if every key is a string and every camera value a tensor, else one ``CheckpointError`` line."""
+    if not all(isinstance(k, str) for k in flat):
+        bad = next(k for k in flat if not isinstance(k, str))
+        raise CheckpointError(f"{path}: state-dict keys must be strings, found {type(bad).__name__} {bad!r:.40}")
+    for key, value in flat.items():
+        camera = key.split(".")[0] in CAMERA_PARTS or key.startswith(CAMERA_PREFIX)
+        if camera and not isinstance(value, Tensor):
+            raise CheckpointError(f"{path}: {key} holds a {type(value).__name__}, not a tensor")
+    return flat
 
 
 def load_camera_state(model: nn.Module, state_dict: dict[str, Tensor], derived: Collection[str] = ()) -> str:
@@ -113,6 +134,7 @@ def key_mismatch(expected: Mapping[str, tuple[int, ...]], given: Mapping[str, tu
 
 
 def _from_flat(path: Path, kind: str, flat: dict[str, Tensor]) -> CameraCheckpoint:
+    flat = _checked_flat(path, flat)
     if any(k.startswith(CAMERA_PREFIX) for k in flat):
         flat = {k[len(CAMERA_PREFIX) :]: v for k, v in flat.items() if k.startswith(CAMERA_PREFIX)}
     if not any(k.split(".")[0] in CAMERA_PARTS for k in flat):
@@ -136,18 +158,39 @@ def state_digest(module: nn.Module, skip_amax: bool = False) -> str:
 
 # --- the restricted unpickler ---------------------------------------------------------------------------------
 
-_TENSOR_GLOBALS = {
-    ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_parameter"),
-    ("torch._utils", "_rebuild_parameter_with_state"),
-    ("torch", "Size"),
-    ("torch", "device"),
-    ("collections", "OrderedDict"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "object"),
-    ("copyreg", "_reconstructor"),
-}
+
+def _rebuild_tensor(
+    storage: object,
+    offset: int,
+    size: tuple[int, ...],
+    stride: tuple[int, ...],
+    requires_grad: bool,
+    backward_hooks: object,
+    metadata: object = None,
+) -> Tensor:
+    """``torch._utils._rebuild_tensor_v2`` without the file's backward hooks (they would be callables from it)."""
+    return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, OrderedDict(), metadata)
+
+
+def _rebuild_parameter(data: Tensor, requires_grad: bool, backward_hooks: object, state: object = None) -> Tensor:
+    """``torch._utils._rebuild_parameter`` (and ``…_with_state``) keeping the data only: no hooks, and no Python
+    state set as attributes."""
+    return torch._utils._rebuild_parameter(data, requires_grad, OrderedDict())
+
+
+# (module, name) → what the file may call; everything else becomes a StandIn
+_ALLOWED_GLOBALS = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch", "Size"): torch.Size,
+    ("torch", "device"): torch.device,
+    ("collections", "OrderedDict"): OrderedDict,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "object"): object,
+    ("copyreg", "_reconstructor"): copyreg._reconstructor,
+} | {("torch", name): value for name, value in vars(torch).items() if isinstance(value, torch.dtype)}
 
 
 class StandIn:
@@ -168,52 +211,65 @@ class StandIn:
 
 
 def _stand_in(module: str, name: str) -> type:
-    return type(name, (StandIn,), {"qualified_name": f"{module}.{name}"})
+    return type(str(name), (StandIn,), {"qualified_name": f"{module}.{name}"})
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
+    """Imports nothing: ``find_class`` answers from ``_ALLOWED_GLOBALS`` or with a stand-in class. Without a
+    ``persistent_load`` (torch sets one on its object pickle only), a persistent id is an ``UnpicklingError``."""
+
     def find_class(self, module: str, name: str) -> object:
-        if (module, name) in _TENSOR_GLOBALS:
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        return _stand_in(module, name)
+        return _ALLOWED_GLOBALS.get((module, name)) or _stand_in(module, name)
+
+
+def _restricted_pickle_load(file: object, **kwargs: object) -> object:
+    return _RestrictedUnpickler(file, **kwargs).load()
 
 
 class _RestrictedPickle:
-    """The ``pickle_module`` handed to ``torch.load``: torch's own storage handling, our ``find_class``."""
+    """The ``pickle_module`` handed to ``torch.load``: torch's own storage handling, our ``find_class`` for every
+    pickle it reads, through ``Unpickler`` and ``load`` alike."""
 
     Unpickler = _RestrictedUnpickler
-    load = pickle.load
+    load = staticmethod(_restricted_pickle_load)
     __name__ = "bevnb_restricted_pickle"
 
 
 def _restricted_load(path: Path) -> object:
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickle)
+        with warnings.catch_warnings():  # torch warns about the (stand-in) container sources of a legacy file
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickle)
     except Exception as exc:  # any failure of a foreign pickle is a bad file, never a crash
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_error_summary(exc)})") from None
 
 
-def _module_tensors(obj: object, prefix: str, out: dict[str, Tensor], seen: set[tuple[int, str]]) -> None:
+def _module_tensors(root: object) -> dict[str, Tensor]:
     """Flatten a pickled module tree (stand-ins whose state has ``_parameters``/``_buffers``/``_modules``) into
-    ``{dotted.name: tensor}``, as ``state_dict()`` would name it. Shared submodules appear under every name."""
-    state = getattr(obj, "state", None)
-    if not isinstance(state, dict) or (id(obj), prefix) in seen:
-        return
-    seen.add((id(obj), prefix))
-    for group in ("_parameters", "_buffers"):
-        for name, value in (state.get(group) or {}).items():
-            if isinstance(value, Tensor):
-                out[prefix + name] = value.detach()
-    for name, child in (state.get("_modules") or {}).items():
-        if child is not None:
-            _module_tensors(child, f"{prefix}{name}.", out, seen)
+    ``{dotted.name: tensor}``, as ``state_dict()`` would name it. Shared submodules appear under every name; a
+    cycle or anything that is not a module's state is skipped. Iterative: a deep tree cannot overflow the stack."""
+    out: dict[str, Tensor] = {}
+    seen: set[tuple[int, str]] = set()
+    todo = [(root, "")]
+    while todo:
+        obj, prefix = todo.pop()
+        state = getattr(obj, "state", None) if isinstance(obj, StandIn) else None
+        if not isinstance(state, dict) or (id(obj), prefix) in seen:
+            continue
+        seen.add((id(obj), prefix))
+        for group in ("_parameters", "_buffers"):
+            members = state.get(group)
+            for name, value in members.items() if isinstance(members, dict) else ():
+                if isinstance(value, Tensor):
+                    out[f"{prefix}{name}"] = value.detach()
+        children = state.get("_modules")
+        for name, child in children.items() if isinstance(children, dict) else ():
+            todo.append((child, f"{prefix}{name}."))
+    return out
 
 
 def _from_module_pickle(path: Path, obj: object) -> CameraCheckpoint:
-    flat: dict[str, Tensor] = {}
-    _module_tensors(obj, "", flat, set())
+    flat = _module_tensors(obj)
     camera = {k[k.index(CAMERA_PREFIX) :]: v for k, v in flat.items() if CAMERA_PREFIX in k}
     if not camera:
         found = getattr(obj, "qualified_name", type(obj).__name__)
