@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import onnx
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ from bevnb.config import CLASS_NAMES, R50
 from bevnb.model.box_coder import BoxCoder, decode, encode_targets, find_peaks, gaussian_radius
 from bevnb.model.head import MIT_WIDTHS, SMALL_WIDTHS, DetectionHead, HeadConfig, build_head
 from bevnb.scene import random_scene
+from bevnb.subclass import HEAD_FILE, head_io, head_io_shapes
 
 CAR, PEDESTRIAN = CLASS_NAMES.index("car"), CLASS_NAMES.index("pedestrian")
 HEADS = {"reg": 2, "height": 1, "dim": 3, "rot": 2, "vel": 2}
@@ -225,3 +227,53 @@ def test_the_coder_follows_the_rigs_grid(five_rig):
     xy = torch.tensor([[-38.4, -12.8], [0.3, 1.0]])
     torch.testing.assert_close(coder.to_metres(coder.to_cells(xy)), xy)
     assert coder.to_cells(xy)[1].tolist() == pytest.approx([64.5, 11.5])
+
+
+@pytest.fixture(scope="module")
+def head_graph(head, tmp_path_factory):
+    from bevnb.export import export_head
+
+    out = tmp_path_factory.mktemp("head_onnx")
+    export_head(head, out, verbose=False)
+    return out / HEAD_FILE
+
+
+def test_head_graph_io_names_and_static_shapes(head_graph):
+    graph = onnx.load(head_graph)
+    onnx.checker.check_model(graph, full_check=True)
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*graph.graph.input, *graph.graph.output)
+    }
+    names = [f"{m}_{t}" for t in (0, 1) for m in ("reg", "height", "dim", "rot", "vel", "heatmap")]
+    assert list(shapes) == ["camera_bev", *names] == [*head_io()[0], *head_io()[1]]
+    assert shapes == {k: list(v) for k, v in head_io_shapes().items()}
+    assert shapes["camera_bev"] == [1, 80, 180, 180] and shapes["heatmap_1"] == [1, 1, 180, 180]
+    assert shapes["dim_0"] == [1, 3, 180, 180]
+    # BN folded into the convs, resize sizes constant, no TopK/NonZero (the decoding is outside the graph)
+    assert {n.op_type for n in graph.graph.node} == {"Conv", "Relu", "Add", "Resize", "Concat"}
+    assert sum(n.op_type == "Conv" for n in graph.graph.node) == 15 + 3 + 1 + 2 * 6 * 2
+    for node in graph.graph.node:
+        if node.op_type == "Resize":
+            assert {node.input[-1]} <= {init.name for init in graph.graph.initializer}
+    # scope names follow the modules below the ModuleDicts (a ModuleDict adds no scope level)
+    assert {n.name.split("/")[1] for n in graph.graph.node if n.name.startswith("/")} == {"backbone", "neck", "object"}
+
+
+def test_head_graph_onnx_runtime_matches_pytorch(head, head_graph):
+    from bevnb.metrics import compare
+    from bevnb.pipeline import OnnxGraph
+
+    bev = torch.relu(torch.randn(1, 80, 180, 180, generator=torch.Generator().manual_seed(2)))
+    with torch.no_grad():
+        reference = [t for maps in head(bev) for t in maps.values()]
+    outputs = OnnxGraph(head_graph)(bev)
+    assert len(outputs) == len(reference) == 12
+    for ref, out in zip(reference, outputs, strict=True):
+        m = compare(ref, out)
+        assert m["rel"] < 1e-4 and m["cosine"] > 0.999999, m
+
+
+def test_head_io_follows_the_rig(five_rig):
+    shapes = head_io_shapes(five_rig.config, MIT_WIDTHS)
+    assert shapes["camera_bev"] == (1, 80, 128, 64) and shapes["heatmap_0"] == (1, 1, 128, 64)
+    assert shapes["vel_1"] == (1, 2, 128, 64) and len(shapes) == 13

@@ -6,6 +6,10 @@
   quantized tensor.
 * ``camera.vtransform.onnx``: ``vtransform.downsample`` alone — ``feat_in [1, 80, 360, 360]`` →
   ``feat_out [1, 80, 180, 180]``. Opset 13, constant folding, no onnxsim (as upstream).
+* ``head.bbox.onnx`` (``export_head``): the detection head, decoder + CenterHead — ``camera_bev [1, 80, 180, 180]``
+  → per task ``reg_t``, ``height_t``, ``dim_t``, ``rot_t``, ``vel_t``, ``heatmap_t`` ``[1, c, 180, 180]``; decoding
+  stays outside the graph. Float only, as upstream builds its head engine with ``--fp16`` only; simplified like the
+  backbone graph, which folds the Shape → Slice → Concat the exporter writes for the neck's resize sizes.
 
 Precision follows upstream: ``fp16`` is the float graph without quantizers (the TensorRT builder picks fp16 kernels
 with ``--fp16``; the ONNX itself stays fp32), ``int8`` is the same graph with QuantizeLinear/DequantizeLinear pairs
@@ -39,8 +43,18 @@ import torch
 from torch import nn
 
 from . import graphs
-from .model import CameraBranch, state_digest
-from .subclass import BACKBONE_FILE, BACKBONE_IO, VTRANSFORM_FILE, VTRANSFORM_IO, SubclassCameraModule
+from .config import R50, CameraConfig
+from .model import CameraBranch, DetectionHead, state_digest
+from .subclass import (
+    BACKBONE_FILE,
+    BACKBONE_IO,
+    HEAD_FILE,
+    VTRANSFORM_FILE,
+    VTRANSFORM_IO,
+    HeadGraphModule,
+    SubclassCameraModule,
+    head_io,
+)
 
 OPSET = 13  # the first opset with per-channel (axis) QuantizeLinear/DequantizeLinear
 PRECISIONS = ("fp16", "int8")
@@ -120,6 +134,36 @@ def export_camera(
                 print(f" {seconds:.1f} s, {size_mb:.1f} MB, {len(graph.graph.node)} nodes", flush=True)
     manifest = {"precision": precision, "state": state_digest(model), "files": sorted(written)}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return written
+
+
+def export_head(
+    head: DetectionHead,
+    out_dir: str | Path,
+    config: CameraConfig = R50,
+    simplifier: str | None = "onnxsim",
+    verbose: bool = True,
+) -> ExportedFile:
+    """Write ``head.bbox.onnx`` into ``out_dir`` (which must exist and be writable): ``HeadGraphModule(head)``
+    traced on an all-zero BEV ``[1, C, X/2, Y/2]`` of ``config``, with the names of ``subclass.head_io``, then
+    ``simplifier`` (``SIMPLIFIERS``; None keeps the traced graph, whose resize sizes come from a Shape). Written to a
+    temporary name and renamed, as ``export_camera`` does."""
+    if simplifier is not None and simplifier not in SIMPLIFIERS:
+        raise ExportError(f"simplifier must be one of {', '.join(SIMPLIFIERS)} or None, got {simplifier!r}")
+    out_dir = _writable_dir(out_dir)
+    start = time.perf_counter()
+    if verbose:
+        print(f"{HEAD_FILE}: tracing …", end="", flush=True)
+    bev = torch.zeros(1, head.config.in_channels, *config.out_bev_size)
+    graph = trace_to_onnx(HeadGraphModule(head.eval()), (bev,), *head_io(head.config))
+    if simplifier is not None:
+        if verbose:
+            print(f" {simplifier} …", end="", flush=True)
+        graph = simplify_graph(graph, simplifier)
+    path = _save_atomically(graph, out_dir / HEAD_FILE)
+    written = ExportedFile(path, time.perf_counter() - start, path.stat().st_size, len(graph.graph.node))
+    if verbose:
+        print(f" {written.seconds:.1f} s, {written.size_bytes / 1e6:.1f} MB, {written.nodes} nodes", flush=True)
     return written
 
 

@@ -7,6 +7,10 @@ the downsample after it becomes ``camera.vtransform.onnx``.
 This module also owns the split's interface, the names CUDA-BEVFusion's runtime binds (``camera-backbone.cu``,
 ``camera-vtransform.cu``): the two file names, each graph's ``(input names, output names)``, and the static shapes a
 configuration (a rig) gives them (``io_shapes``).
+
+The detection head after the branch is a third graph, ``head.bbox.onnx`` (CUDA-BEVFusion's name for its head graph):
+``HeadGraphModule`` flattens the head's per-task maps into the outputs ``head_io`` names; decoding the maps into boxes
+stays outside the graph (``model.box_coder.decode``), as upstream decodes on the host side of the engine.
 """
 
 from __future__ import annotations
@@ -14,13 +18,31 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .config import R50, CameraConfig
-from .model import CameraBranch
+from .model import SMALL_WIDTHS, CameraBranch, DetectionHead, HeadConfig
 from .tables import Table
 
 BACKBONE_FILE = "camera.backbone.onnx"
 VTRANSFORM_FILE = "camera.vtransform.onnx"
+HEAD_FILE = "head.bbox.onnx"
 BACKBONE_IO = (("img", "depth"), ("camera_feature", "camera_depth_weights"))
 VTRANSFORM_IO = (("feat_in",), ("feat_out",))
+
+
+def head_io(head: HeadConfig = SMALL_WIDTHS) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``head.bbox.onnx``'s (input names, output names): ``camera_bev`` in; per task ``t`` its maps
+    ``reg_t``, ``height_t``, ``dim_t``, ``rot_t``, ``vel_t``, ``heatmap_t`` out (mmdet3d's head order)."""
+    outputs = tuple(f"{name}_{t}" for t in range(len(head.tasks)) for name, _ in head.heads(t))
+    return ("camera_bev",), outputs
+
+
+def head_io_shapes(config: CameraConfig = R50, head: HeadConfig = SMALL_WIDTHS) -> dict[str, tuple[int, ...]]:
+    """Every input and output shape of ``head.bbox.onnx`` by name: ``camera_bev [1, C, X/2, Y/2]`` →
+    ``[1, channels, X', Y']`` per map, ``(X', Y') = head.output_size((X/2, Y/2))`` (180×180 for R50)."""
+    size = head.output_size(config.out_bev_size)
+    channels = [c for t in range(len(head.tasks)) for _, c in head.heads(t)]
+    inputs, outputs = head_io(head)
+    shapes = {inputs[0]: (1, head.in_channels, *config.out_bev_size)}
+    return shapes | {name: (1, c, *size) for name, c in zip(outputs, channels, strict=True)}
 
 
 def io_shapes(config: CameraConfig = R50) -> dict[str, dict[str, tuple[int, ...]]]:
@@ -77,3 +99,22 @@ class SubclassCameraModule(nn.Module):
         x = self.neck(self.backbone(img.view(B * N, 3, H, W)))[0]
         depth_weights, feat = self.vtransform.depth_and_features(x, depth.view(B * N, 1, H, W))
         return feat, depth_weights
+
+
+class HeadGraphModule(nn.Module):
+    """``forward(camera_bev [1, C, X, Y])`` → the head's maps as one flat tuple, in ``head_io(head.config)`` order.
+
+    ``decoder`` and ``heads`` are registered directly (not under ``head.``); the exporter adds no scope level for
+    an ``nn.ModuleDict``, so node names read ``/backbone/…``, ``/neck/…``, ``/object/task_heads.0/…``. The wrapper
+    takes the head's mode, as ``SubclassCameraModule`` does.
+    """
+
+    def __init__(self, head: DetectionHead) -> None:
+        super().__init__()
+        self.decoder = head.decoder
+        self.heads = head.heads
+        self.train(head.training)
+
+    def forward(self, camera_bev: Tensor) -> tuple[Tensor, ...]:
+        tasks = self.heads["object"](self.decoder["neck"](self.decoder["backbone"](camera_bev)))
+        return tuple(tensor for maps in tasks for tensor in maps.values())  # each dict is in config.heads(t) order
