@@ -12,24 +12,43 @@ import time
 from pathlib import Path
 
 from .paths import CHECKOUT, build_dir
+from .tables import Table
 
 NOTEBOOK_DIR = (CHECKOUT or Path.cwd()) / "notebooks"  # the checkout's chapters, else ./notebooks
 BUDGET_S = 120.0  # per chapter, on a 2-core CPU
 
-CHAPTERS = (
-    "00_overview",
-    "01_load_model",
-    "02_dummy_data",
-    "03_subclass_camera",
-    "04_fake_quant_export",
-    "05_graph_inspection",
-    "06_triton_bev_pool",
-    "07_split_pipeline",
-    "08_your_own_rig",
-    "09_int8_modelopt",
-    "10_onnx_simplifiers",
-    "11_int8_sensitivity",
-)
+SUMMARIES = {  # chapter → what you build and see; chapter 00's table and the runner read this one list
+    "00_overview": "the split as a picture; your environment (versions, CPU/GPU, Triton mode); the R50 constants",
+    "01_load_model": "the camera branch in plain PyTorch with upstream's key names; parameters; the shape of every "
+    "stage; MIT, state-dict and PTQ-pickle checkpoints",
+    "02_dummy_data": "every key of the export sample; the all-zero export sample; a synthetic scene: cameras, lidar, "
+    "depth maps, boxes; `.tensor` I/O",
+    "03_subclass_camera": "why the cut sits at bev_pool; `SubclassCameraModule`; the fp16 export; I/O and op tables; "
+    "ONNX Runtime against PyTorch; why `dynamo=False`",
+    "04_fake_quant_export": "PTQ with pytorch-quantization: BN folding, Q/DQ placement, shared quantizers, "
+    "calibration, the int8 export, accuracy against fp32",
+    "05_graph_inspection": "both graphs through I/O, op, Q/DQ and shape tables, a module tree, drawings, an "
+    "fp16↔int8 diff, Netron inline",
+    "06_triton_bev_pool": "the frustum geometry and the plan; three Triton kernels (interval, cell-tile, point-block); "
+    "parity; the compiler's view and a traffic model; benchmark",
+    "07_split_pipeline": "ONNX Runtime → Triton → ONNX Runtime against PyTorch, stage by stage; BEV pictures; the "
+    "oracle lift; stage timings",
+    "08_your_own_rig": "a rig file of your own car: cameras, input size, grid; export, the plan on a non-square grid, "
+    "the split and the oracle on it; CUDA-BEVFusion's example-data",
+    "09_int8_modelopt": "the int8 recipe with TensorRT Model Optimizer beside pytorch-quantization: placement, amax "
+    "name by name, accuracy and time",
+    "10_onnx_simplifiers": "onnxsim and onnxslim on both int8 graphs and the float graph: nodes, Q/DQ kept, parity, "
+    "time; the pick",
+    "11_int8_sensitivity": "each unit left in float alone, ranked by pooled-BEV SQNR; the shortest float set for a "
+    "target, exported",
+}
+CHAPTERS = tuple(SUMMARIES)
+
+
+def chapter_table() -> Table:
+    """The chapters in reading order (``SUMMARIES``): number, name, what you build and see."""
+    rows = [(name[:2], name[3:].replace("_", " "), text.replace("`", "")) for name, text in SUMMARIES.items()]
+    return Table(rows, ("", "chapter", "what you build and see"), title=f"the {len(rows)} chapters")
 
 
 def available() -> list[str]:

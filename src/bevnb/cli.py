@@ -1,23 +1,32 @@
 """bevnb: the tutorial's steps without a notebook.
 
     bevnb export --precision {fp16,int8} --out DIR [--rig RIG.json] [--checkpoint FILE] [--seed N]
-                 [--calib-samples N] [--calibration FILE]
+                 [--calibration-frames N|DIR] [--calibration FILE]
     bevnb inspect [FILE.onnx] [--rig RIG.json]
-    bevnb validate [--precision fp16 int8] [--rig RIG.json] [--onnx-dir DIR] [--samples N] [--backend B]
-                   [--example-data DIR]
-    bevnb sensitivity [--cameras N …] [--target-db DB] [--export DIR] [--seed N]
+    bevnb validate [--precision fp16 int8] [--rig RIG.json] [--checkpoint FILE] [--calibration-frames N|DIR]
+                   [--onnx-dir DIR] [--samples N] [--backend B] [--example-data DIR]
+    bevnb sensitivity [--rig RIG.json] [--checkpoint FILE] [--calibration-frames N|DIR] [--cameras N …]
+                      [--target-db DB] [--export DIR] [--seed N]
     bevnb bench bevpool [--rig RIG.json] [benchmark options, see `bevnb bench bevpool --help`]   (from a checkout)
 
 ``--rig`` names a rig file (``docs/rig_format.md``; default ``data/nuscenes_rig.json``): cameras, input size and BEV
-grid, so the graphs' static shapes and the plan follow it. Every command exits 2 with a one-line reason on bad
-input; ``validate`` exits 1 when a tolerance is broken.
+grid, so the graphs' static shapes and the plan follow it. ``--checkpoint`` names the weights, ``--calibration-frames``
+what int8 calibrates on (a number of the rig's synthetic scenes, or an example-data folder or a folder of them).
+Unset, each falls back to its environment variable, ``BEVNB_RIG``, ``BEVNB_CHECKPOINT``, ``BEVNB_CALIBRATION_FRAMES``
+(``bevnb.inputs``), then to the default; every command that builds a model prints which it runs on. Every command
+exits 2 with a one-line reason on bad input; ``validate`` exits 1 when a tolerance is broken.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .inputs import Inputs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,8 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write camera.backbone.onnx and camera.vtransform.onnx")
     p.add_argument("--precision", choices=("fp16", "int8"), default="fp16")
     p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
-    p.add_argument("--rig", type=Path, help=RIG_HELP)
-    p.add_argument("--checkpoint", type=Path, help="MIT checkpoint, camera state dict or CUDA-BEVFusion PTQ pickle")
+    _inputs_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the default weights (without --checkpoint)")
     p.add_argument("--calib-samples", type=int, default=None, help="synthetic scenes to calibrate int8 on")
     p.add_argument("--calibration", type=Path, help="a saved bevnb calibration (amax) to use instead")
@@ -54,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="compare the split pipeline with the PyTorch model, stage by stage")
     p.add_argument("--precision", nargs="+", choices=("fp16", "int8"), default=["fp16", "int8"])
-    p.add_argument("--rig", type=Path, help=RIG_HELP)
+    _inputs_options(p)
     p.add_argument("--onnx-dir", type=Path, help="folder with both graphs (default: build/onnx/<precision>…)")
     p.add_argument("--samples", type=int, default=1, help="held-out synthetic scenes to compare on")
     p.add_argument("--backend", default="triton", help="bev_pool backend (default: triton)")
@@ -68,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target-db", type=float, help="then: the shortest head of the ranking that reaches this SQNR")
     p.add_argument("--export", type=Path, help="with --target-db: write the partially quantized graphs here")
     p.add_argument("--seed", type=int, default=0, help="seed of the default weights")
+    _inputs_options(p)
     p.set_defaults(run=_sensitivity)
 
     p = sub.add_parser("bench", help="benchmarks")
@@ -77,24 +86,47 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-RIG_HELP = "rig file: cameras, input size, BEV grid (default: data/nuscenes_rig.json)"
+RIG_HELP = "rig file: cameras, input size, BEV grid (default: $BEVNB_RIG, else data/nuscenes_rig.json)"
+
+
+def _inputs_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rig", type=Path, help=RIG_HELP)
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="MIT checkpoint, camera state dict or CUDA-BEVFusion PTQ pickle (default: $BEVNB_CHECKPOINT)",
+    )
+    p.add_argument(
+        "--calibration-frames",
+        help="int8 calibration: N synthetic scenes of the rig, or an example-data folder or a folder of them "
+        "(default: $BEVNB_CALIBRATION_FRAMES, else 2 scenes)",
+    )
+
+
+def _inputs(args: argparse.Namespace, frames: str | int | None = None) -> Inputs:
+    """The command's inputs (options, else environment, else defaults), printed."""
+    from .inputs import current
+
+    chosen = current(args.checkpoint, args.rig, frames if frames is not None else args.calibration_frames)
+    print(chosen.describe())
+    return chosen
 
 
 def _export(args: argparse.Namespace) -> int:
     from . import quant
     from .export import export_camera
     from .model import build_camera_model, read_checkpoint
-    from .rig import as_rig
 
-    if args.precision != "int8" and (args.calibration or args.calib_samples):
-        raise ValueError("--calibration and --calib-samples only apply to --precision int8")
-    rig = as_rig(args.rig)
-    ckpt = read_checkpoint(args.checkpoint) if args.checkpoint else None
-    model = build_camera_model(ckpt, seed=args.seed, config=rig.config)
+    if args.precision != "int8" and (args.calibration or args.calib_samples or args.calibration_frames):
+        raise ValueError("--calibration, --calibration-frames and --calib-samples only apply to --precision int8")
+    if args.calib_samples is not None and args.calibration_frames is not None:
+        raise ValueError("give --calibration-frames or --calib-samples, not both")
+    inputs = _inputs(args, args.calib_samples)
+    ckpt = read_checkpoint(inputs.checkpoint) if inputs.checkpoint else None
+    model = build_camera_model(ckpt, seed=args.seed, config=inputs.rig.config)
     if args.precision == "int8":
         calibration = args.calibration or (ckpt.amax if ckpt is not None and ckpt.amax else None)
-        samples = args.calib_samples or quant.DEFAULT_CALIB_SAMPLES
-        quant.prepare_int8(model, calibration=calibration, samples=samples)
+        quant.prepare_int8(model, calibration=calibration, samples=inputs.frames)
     args.out.mkdir(parents=True, exist_ok=True)
     files = export_camera(model, args.out, precision=args.precision)
     for f in files.values():
@@ -103,8 +135,12 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from .inputs import ENV_RIG
+
+    if args.file is None and args.rig is None and os.environ.get(ENV_RIG):
+        args.rig = Path(os.environ[ENV_RIG])
     if args.file is None and args.rig is None:
-        raise ValueError("name an ONNX file, a rig (--rig RIG.json), or both")
+        raise ValueError("name an ONNX file, a rig (--rig RIG.json or $BEVNB_RIG), or both")
     if args.file is not None:
         from .graphs import describe
 
@@ -127,32 +163,37 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from .data import example_data_rig, load_example_data, make_sample
-    from .model import build_camera_model
+    from .inputs import ENV_FRAMES, frames_from
     from .pipeline import SplitCamera
     from .quant import HELD_OUT_SEED
-    from .rig import as_rig
     from .validation import ensure_exported, validate
 
     if args.onnx_dir and len(args.precision) != 1:
         raise ValueError("--onnx-dir holds one precision: name it with --precision fp16 or --precision int8")
     if args.samples < 1:
         raise ValueError(f"--samples must be at least 1, got {args.samples}")
-    rig = as_rig(args.rig)
+    inputs = _inputs(args)
+    rig = inputs.rig
     if args.example_data:  # the folder's cameras; the input size and the grid of --rig
         rig = example_data_rig(args.example_data, like=rig)
+        spec = args.calibration_frames or os.environ.get(ENV_FRAMES) or args.example_data
+        inputs = replace(inputs, rig=rig, rig_path=args.example_data, frames=frames_from(spec, rig))
+        print(f"example-data rig: {rig.num_cameras} cameras; int8 calibration frames: {inputs.frames}")
     config = rig.config
     if args.onnx_dir:
         dirs = {args.precision[0]: args.onnx_dir}
     else:
-        dirs = {p: ensure_exported(p, config=config) for p in args.precision}
+        dirs = {p: ensure_exported(p, inputs=inputs) for p in args.precision}
     splits = {precision: SplitCamera(path, args.backend, config) for precision, path in dirs.items()}
     if args.example_data:
         samples = {"example-data": load_example_data(args.example_data, rig)}
     else:
         seeds = range(HELD_OUT_SEED, HELD_OUT_SEED + args.samples)  # never used for calibration
         samples = {f"synthetic-{s}": make_sample("synthetic", seed=s, rig=rig) for s in seeds}
-    result = validate(build_camera_model(config=config), splits, samples)
+    result = validate(inputs.model(), splits, samples)
     print(result.table())
     print()
     print(result.timing_table())
@@ -164,16 +205,18 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _sensitivity(args: argparse.Namespace) -> int:
     from . import quant, sensitivity
-    from .config import R50
     from .data import make_sample
     from .export import export_camera
 
-    if any(not 0 <= c < R50.num_cameras for c in args.cameras):
-        raise ValueError(f"--cameras must be among 0 … {R50.num_cameras - 1}, got {args.cameras}")
+    inputs = _inputs(args)
+    count = inputs.rig.num_cameras
+    if any(not 0 <= c < count for c in args.cameras):
+        raise ValueError(f"--cameras must be among 0 … {count - 1}, got {args.cameras}")
     if args.export and args.target_db is None:
         raise ValueError("--export writes the graph of --target-db's float set: give --target-db too")
-    model = quant.default_int8_model(args.seed)
-    result = sensitivity.analyse(model, make_sample("synthetic", seed=quant.HELD_OUT_SEED), args.cameras)
+    model = quant.default_int8_model(inputs, seed=args.seed)
+    held_out = make_sample("synthetic", seed=quant.HELD_OUT_SEED, rig=inputs.rig)
+    result = sensitivity.analyse(model, held_out, args.cameras)
     print(result.table())
     if args.target_db is not None:
         chosen, path = result.shortest_float_set(args.target_db)
@@ -194,7 +237,11 @@ def _bench(args: argparse.Namespace) -> int:
     """Run the checkout's ``benchmarks/bev_pool.py``: the harness is not part of the installed package."""
     import runpy
 
+    from .inputs import ENV_RIG
     from .paths import CHECKOUT
+
+    if os.environ.get(ENV_RIG) and "--rig" not in args.options:
+        args.options = [*args.options, "--rig", os.environ[ENV_RIG]]
 
     script = CHECKOUT / "benchmarks" / "bev_pool.py" if CHECKOUT else None
     if script is None or not script.is_file():

@@ -17,7 +17,8 @@
      ``layer3[0].conv1._input_quantizer``. Likewise layer3 → ``[1024, 16, 44]`` with ``layer4[0]``,
      ``quant_concat0`` and ``lateral_convs[1]``.
 
-2. ``calibrate``: run the float model (quantizers collecting, not quantizing) over synthetic scenes, then pick each
+2. ``calibrate``: run the float model (quantizers collecting, not quantizing) over calibration frames (synthetic
+   scenes of the model's rig or frames the user supplies, ``bevnb.inputs.Frames``; it says which), then pick each
    activation's amax from its histogram: ``mse`` (upstream), ``percentile`` or ``max``; weights take their
    per-channel max. pytorch-quantization 2.1.3 hard-codes ``.cuda()`` in its MSE search, so bevnb computes the same
    MSE search itself (``mse_amax``), on any device.
@@ -33,8 +34,7 @@
    ``export.simplify_graph`` checks that the distinct quantized tensors (weights and activations) stay the same.
    ``expected_qdq`` predicts the count from the placement, ``placement_table`` / ``shared_table`` show it.
 
-5. What int8 costs in accuracy is measured by ``bevnb.validation.evaluate_int8``; the chapter's figures are in
-   ``bevnb.viz``.
+What int8 costs is measured by ``bevnb.validation.evaluate_int8``.
 """
 
 from __future__ import annotations
@@ -51,13 +51,13 @@ from pytorch_quantization.calib import HistogramCalibrator
 from pytorch_quantization.tensor_quant import QuantDescriptor
 from torch import Tensor, nn
 
-from .config import R50, CameraConfig
-from .data import make_sample
-from .geometry import depth_map
-from .model import CameraBranch, build_camera_model, fold_batchnorm, state_digest
+from .inputs import DEFAULT_CALIB_SAMPLES, Frames, Inputs, config_tag, current, frames_for
+from .inputs import backbone_inputs as backbone_inputs  # re-exported: quant.backbone_inputs(sample, config)
+from .model import CameraBranch, fold_batchnorm, state_digest
 from .model.checkpoint import key_mismatch
 from .model.resnet import Bottleneck
 from .paths import build_dir
+from .rig import Rig, as_rig
 from .subclass import SubclassCameraModule
 from .tables import Table
 
@@ -67,7 +67,6 @@ QuantConv2d = quant_nn.QuantConv2d
 ACTIVATION = QuantDescriptor(num_bits=8, calib_method="histogram")  # per-tensor
 WEIGHT = QuantDescriptor(num_bits=8, axis=(0,), calib_method="max")  # per output channel
 CALIB_METHODS = ("mse", "percentile", "max")
-DEFAULT_CALIB_SAMPLES = 2  # synthetic scenes; chapter 04 must run in 120 s on a 2-core CPU
 HELD_OUT_SEED = 1000  # synthetic scenes from this seed on are never used for calibration
 
 
@@ -240,16 +239,10 @@ def quiet_logs() -> Iterator[None]:
 # --- calibration -------------------------------------------------------------------------------------------------
 
 
-def backbone_inputs(sample: dict, config: CameraConfig = R50) -> tuple[Tensor, Tensor]:
-    """The backbone graph's inputs for a sample dict: ``img [1, N, 3, iH, iW]`` and the lidar depth map
-    ``[1, N, 1, iH, iW]`` (``bevnb.geometry.depth_map``)."""
-    return sample["img"], depth_map(sample, config)
-
-
-def synthetic_inputs(count: int, first_seed: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-    """``backbone_inputs`` of ``count`` synthetic scenes, seeds ``first_seed …``, rendered one at a time."""
-    for seed in range(first_seed, first_seed + count):
-        yield backbone_inputs(make_sample("synthetic", seed=seed))
+def synthetic_inputs(count: int, first_seed: int = 0, rig: Rig | str | Path | None = None) -> Frames:
+    """``backbone_inputs`` of ``count`` synthetic scenes of ``rig`` (default: the default rig), seeds
+    ``first_seed …``, rendered one at a time as they are iterated."""
+    return Frames(as_rig(rig), count, first_seed=first_seed)
 
 
 def calibrate(
@@ -260,11 +253,17 @@ def calibrate(
     progress: bool = True,
 ) -> float:
     """Calibrate a quantized model in place and return the wall time in seconds: ``collect_statistics`` over
-    ``data`` (a number of synthetic scenes, seeds 0 …, or ``(img, depth)`` pairs), then ``compute_amax``."""
+    ``data`` (a number of synthetic scenes of the model's rig, ``frames_for``; ``Frames``; or ``(img, depth)``
+    pairs), then ``compute_amax``. With ``progress`` it prints what it calibrated on."""
     _check_method(method)
     start = time.perf_counter()
-    collect_statistics(model, data, progress)
+    frames = frames_for(model.config, data) if isinstance(data, int) else data
+    seen = collect_statistics(model, frames, progress)
     compute_amax(model, method, percentile)
+    if progress:
+        print(
+            f"calibrated ({method}) on {frames if isinstance(frames, Frames) else f'{seen} given (img, depth) pairs'}"
+        )
     return time.perf_counter() - start
 
 
@@ -275,8 +274,8 @@ def run_scenes(model: nn.Module, data: int | Iterable[tuple[Tensor, Tensor]], pr
     return the number of pairs seen. Calibration's pass, for either toolkit's quantizers."""
     from tqdm import tqdm
 
-    total = data if isinstance(data, int) else None
-    inputs = synthetic_inputs(data) if isinstance(data, int) else data
+    inputs = frames_for(model.config, data) if isinstance(data, int) else data
+    total = len(inputs) if isinstance(inputs, Frames) else None
     split = SubclassCameraModule(model).eval()
     seen = 0
     for img, depth in tqdm(inputs, desc="calibrating", unit="scene", total=total, disable=not progress):
@@ -442,45 +441,58 @@ def load_calibration(model: nn.Module, path: str | Path) -> dict:
     return dict(saved.get("meta", {}))
 
 
-def calibration_file(model_seed: int, samples: int, method: str) -> Path:
-    """Where chapter 04 keeps the calibration of the default model for later chapters:
-    ``build/calibration/camera-seed{model_seed}-n{samples}-{method}.pt``."""
+def calibration_file(inputs: Inputs | None = None, method: str = "mse", seed: int = 0) -> Path:
+    """Where chapter 04 keeps the calibration of ``inputs`` (default ``bevnb.inputs.current()``) for later chapters:
+    ``build/calibration/camera-{weights}-{frames}-{method}{rig}.pt``, e.g. ``camera-seed0-n2-mse.pt`` for the
+    default model on two synthetic scenes of the default rig; a checkpoint is named by its file name."""
     _check_method(method)
-    return build_dir("calibration") / f"camera-seed{model_seed}-n{samples}-{method}.pt"
+    inputs = inputs or current()
+    weights = f"seed{seed}" if inputs.checkpoint is None else f"ckpt-{inputs.checkpoint.stem}"
+    name = f"camera-{weights}-{inputs.frames.tag}-{method}{config_tag(inputs.rig.config)}.pt"
+    return build_dir("calibration") / name
 
 
 def prepare_int8(
     model: CameraBranch,
     calibration: str | Path | Mapping[str, Tensor] | None = None,
-    samples: int = DEFAULT_CALIB_SAMPLES,
+    samples: int | Frames = DEFAULT_CALIB_SAMPLES,
     method: str = "mse",
     progress: bool = True,
 ) -> CameraBranch:
     """The int8 path in one call (``bevnb export --precision int8``): quantize the model in place (unless it is),
     then take its amax from ``calibration`` (a ``save_calibration`` file, or an amax dict such as
-    ``read_checkpoint(ptq_checkpoint).amax``) or, without one, calibrate on ``samples`` synthetic scenes."""
+    ``read_checkpoint(ptq_checkpoint).amax``) or, without one, calibrate on ``samples`` (``Frames``, or a number of
+    synthetic scenes of the model's rig). It prints where the amax came from."""
     if not is_quantized(model):
         quantize_camera(model)
     if calibration is None:
         calibrate(model, samples, method, progress=progress)
     elif isinstance(calibration, Mapping):
         load_amax(model, calibration)
+        if progress:
+            print(f"amax of {len(calibration)} quantizer names from the checkpoint (not calibrated here)")
     else:
-        load_calibration(model, calibration)
+        meta = load_calibration(model, calibration)
+        if progress:
+            print(f"amax from {calibration}, calibrated on {meta.get('frames', 'frames it does not record')}")
     return model
 
 
-def default_int8_model(seed: int = 0, progress: bool = True, config: CameraConfig = R50, tag: str = "") -> CameraBranch:
-    """``build_camera_model(seed=seed, config=config)`` quantized with chapter 04's calibration (``calibration_file``:
-    MSE over ``DEFAULT_CALIB_SAMPLES`` scenes, ``tag`` appended to the file name for another configuration),
-    calibrated and saved there first when the file is missing: the int8 model later chapters, tests and CLI
+def default_int8_model(inputs: Inputs | None = None, progress: bool = True, seed: int = 0) -> CameraBranch:
+    """``inputs.model(seed)`` (default ``bevnb.inputs.current()``: ``BEVNB_CHECKPOINT``, ``BEVNB_RIG``) quantized
+    with chapter 04's calibration (``calibration_file``: MSE over ``inputs.frames``), calibrated and saved there
+    first when the file is missing or was made for other weights: the int8 model later chapters, tests and CLI
     commands share."""
-    model = build_camera_model(seed=seed, config=config)
-    default = calibration_file(seed, DEFAULT_CALIB_SAMPLES, "mse")
-    cached = default.with_name(f"{default.stem}{tag}{default.suffix}")
-    prepare_int8(model, calibration=cached if cached.is_file() else None, progress=progress)
+    inputs = inputs or current()
+    model = inputs.model(seed)
+    cached = calibration_file(inputs, "mse", seed)
+    try:
+        prepare_int8(model, calibration=cached if cached.is_file() else None, samples=inputs.frames, progress=progress)
+    except ValueError:  # a file left by other weights under the same name: calibrate again
+        prepare_int8(model, samples=inputs.frames, progress=progress)
+        cached.unlink()
     if not cached.is_file():
-        save_calibration(model, cached)
+        save_calibration(model, cached, frames=str(inputs.frames))
     return model
 
 

@@ -7,7 +7,8 @@
   and every Bottleneck (``Int8Accuracy``). Two int8 implementations never agree bit for bit: an element that rounds
   the other way is off by a whole step and tips elements of the next layer over rounding boundaries, so the
   difference between them grows through the backbone to the quantization-noise level;
-* ``ensure_exported``: ``build/onnx/<precision>`` with both graphs of the default model, exported only when stale.
+* ``ensure_exported``: ``build/onnx/<precision>`` with both graphs of the model the inputs name (``bevnb.inputs``),
+  exported only when stale.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from torch import Tensor
 
 from . import quant
 from .bevpool import bev_pool
-from .config import R50, CameraConfig
+from .config import CameraConfig
 from .export import MANIFEST, export_camera
 from .geometry import plan_bev_pool
+from .inputs import Inputs, config_tag, current
 from .metrics import compare
 from .model import CameraBranch, build_camera_model, state_digest
 from .model.resnet import Bottleneck
@@ -36,28 +38,38 @@ from .tables import Table
 OUTPUTS = BACKBONE_IO[1]  # (camera_feature, camera_depth_weights)
 
 
-def ensure_exported(precision: str = "fp16", seed: int = 0, verbose: bool = True, config: CameraConfig = R50) -> Path:
-    """``build/onnx/<precision>`` holding both graphs of ``build_camera_model(seed, config=config)``, exported only
-    when the folder does not already hold exactly those (its ``export.json`` records the precision and a digest of
-    the weights, grid buffers and amax). For int8 the model is calibrated with ``bevnb.quant``'s defaults (on the
-    default rig's synthetic scenes), reusing a saved calibration. Another configuration than R50 gets its own folder
-    and calibration file, tagged ``-<N>cam-<iH>x<iW>-<X>x<Y>``: ``build/onnx/fp16-5cam-384x1056-256x128``.
+def ensure_exported(
+    precision: str = "fp16",
+    seed: int = 0,
+    verbose: bool = True,
+    config: CameraConfig | None = None,
+    inputs: Inputs | None = None,
+) -> Path:
+    """``build/onnx/<precision>`` holding both graphs of ``inputs.model(seed)`` (default ``bevnb.inputs.current()``:
+    ``BEVNB_CHECKPOINT`` or the seeded default weights, for ``BEVNB_RIG``'s configuration), exported only when the
+    folder does not already hold exactly those (its ``export.json`` records the precision and a digest of the
+    weights, grid buffers and amax). For int8 the model is ``quant.default_int8_model(inputs)``: calibrated on
+    ``inputs.frames`` (the rig's synthetic scenes or the user's frames), reusing a saved calibration. ``config``
+    (fp16 only) exports for another configuration than the rig's. A configuration other than R50 gets its own folder,
+    tagged ``-<N>cam-<iH>x<iW>-<X>x<Y>``: ``build/onnx/fp16-5cam-384x1056-256x128``.
 
-    Chapters 05, 07 and 08 and the tests use it, so each can run on its own and none exports twice."""
-    (iH, iW), (X, Y) = config.image_size, config.bev_size
-    tag = "" if config == R50 else f"-{config.num_cameras}cam-{iH}x{iW}-{X}x{Y}"
-    if precision == "int8":  # the calibration file's digest covers the grid buffers
-        model = quant.default_int8_model(seed, verbose, config, tag)
+    Chapters 05, 07, 08 and 11 and the tests use it, so each can run on its own and none exports twice."""
+    inputs = inputs or current()
+    config = config or inputs.rig.config
+    if precision == "int8":
+        if config != inputs.rig.config:
+            raise ValueError("an int8 export calibrates on its rig's frames: pass inputs=current(rig=...), not config")
+        model = quant.default_int8_model(inputs, verbose, seed)
     else:
-        model = build_camera_model(seed=seed, config=config)
-    out_dir = build_dir("onnx", precision + tag)
+        model = build_camera_model(inputs.checkpoint, seed=seed, config=config)
+    out_dir = build_dir("onnx", precision + config_tag(config))
     manifest = out_dir / MANIFEST
     expected = {"precision": precision, "state": state_digest(model), "files": [BACKBONE_FILE, VTRANSFORM_FILE]}
     fresh = manifest.is_file() and json.loads(manifest.read_text()) == expected
     if not (fresh and all((out_dir / name).is_file() for name in expected["files"])):
         export_camera(model, out_dir, precision, verbose=verbose)
     elif verbose:
-        print(f"{out_dir}: up to date ({precision}, seed {seed})")
+        print(f"{out_dir}: up to date ({precision}, {inputs.checkpoint or f'seed {seed}'})")
     return out_dir
 
 

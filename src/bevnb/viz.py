@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import matplotlib
+import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -124,6 +125,30 @@ def instance_overlay(sample: dict, rig: Rig | str | Path | None = None) -> Figur
     return fig
 
 
+# --- the one BEV view: every top-down figure uses it ---------------------------------------------------------------
+
+BEV_XLABEL, BEV_YLABEL = "x (m, right)", "y (m, forward)"
+
+
+def bev_axes(ax: Axes, xlabel: bool = True, ylabel: bool = True) -> None:
+    """Label ``ax`` as every BEV figure of bevnb is drawn: the lidar frame from above (nuScenes' LIDAR_TOP), x to
+    the right, y (forward) up, metres, equal aspect."""
+    ax.set(aspect="equal")
+    if xlabel:
+        ax.set_xlabel(BEV_XLABEL)
+    if ylabel:
+        ax.set_ylabel(BEV_YLABEL)
+
+
+def bev_image(ax: Axes, image: torch.Tensor, config: CameraConfig = R50, **imshow: object) -> object:
+    """Draw a BEV map ``[X, Y]`` or ``[X, Y, 3]`` (rows x, columns y, as bev_pool stores it; any resolution, the
+    extent is metric) in the one BEV view of ``bev_axes``: forward up. Returns the image artist."""
+    (x0, x1, _), (y0, y1, _) = config.xbound, config.ybound
+    shown = ax.imshow(image.transpose(0, 1), origin="lower", extent=(x0, x1, y0, y1), **imshow)
+    bev_axes(ax)
+    return shown
+
+
 def _frustum_outlines(sample: dict, config: CameraConfig) -> Tensor:
     """``[N, 2·D, 2]``: each camera's frustum seen from above (lidar x, y), near to far along its left edge, then far
     to near along its right edge, at the middle feature row (with level cameras every row has the same footprint)."""
@@ -163,7 +188,8 @@ def bev_plot(sample: dict, rig: Rig | str | Path | None = None, title: str | Non
     (x0, x1, _), (y0, y1, _) = config.xbound, config.ybound
     _grid_outline(ax, config)
     ax.plot(0, 0, "k^", ms=6, label="lidar")
-    ax.set(xlim=(x0 - 8, x1 + 8), ylim=(y0 - 8, y1 + 8), aspect="equal", xlabel="x (m, right)", ylabel="y (m, forward)")
+    ax.set(xlim=(x0 - 8, x1 + 8), ylim=(y0 - 8, y1 + 8))
+    bev_axes(ax)
     X, Y, _ = config.grid_size
     ax.set_title(
         title or f"points {list(points.shape)}, frustum footprints, BEV grid {X}×{Y} cells of {config.xbound[2]} m"
@@ -200,7 +226,7 @@ def rig_plot(rig: Rig | str | Path | None = None, grid_lines: int = 16) -> Figur
     for ax in (overview, car):
         ax.plot(0, 0, "k^", ms=6)
         ax.plot(*ego, "ks", ms=5)
-        ax.set(aspect="equal", xlabel="x (m, right)", ylabel="y (m, forward)")
+        bev_axes(ax)
     overview.set(xlim=(x0 - 6, x1 + 6), ylim=(y0 - 6, y1 + 6))
     overview.set_title(
         f"{rig.name}: {rig.num_cameras} cameras, input {'×'.join(map(str, config.image_size))}, "
@@ -264,11 +290,8 @@ def plan_cells_per_camera(plan: BevPoolPlan, rig: Rig | str | Path | None = None
             interpolation="nearest",
         )
         ax.set_title(f"{n}: {name}, {int((counts[n] > 0).sum()):,} cells, {int(counts[n].sum()):,} points", fontsize=9)
-        ax.set(aspect="equal")
-    for ax in axes[-1]:
-        ax.set_xlabel("x (m, right)")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("y (m, forward)")
+    for (row, col), ax in np.ndenumerate(axes):
+        bev_axes(ax, xlabel=row == len(axes) - 1, ylabel=col == 0)
     fig.colorbar(shown, ax=axes, shrink=0.8, label="kept frustum points per cell")
     X, Y, Z = plan.grid_size
     fig.suptitle(f"bev_pool plan: {plan.num_points:,} points into {plan.num_intervals:,} of {X}×{Y}×{Z} cells")
@@ -342,15 +365,6 @@ def bev_pool_traffic(models: list[Traffic], bandwidth: str = "H200") -> Figure:
 # --- chapter 07: the split pipeline ------------------------------------------------------------------------------
 
 
-def _bev_image(ax: Axes, image: torch.Tensor, config: CameraConfig, **imshow: object) -> object:
-    """Draw a BEV map ``[X, Y]`` or ``[X, Y, 3]`` (rows x, columns y, as bev_pool stores it) in ``bev_plot``'s
-    metric view: x to the right, y forward."""
-    (x0, x1, _), (y0, y1, _) = config.xbound, config.ybound
-    shown = ax.imshow(image.transpose(0, 1), origin="lower", extent=(x0, x1, y0, y1), **imshow)
-    ax.set(xlabel="x (m, right)", ylabel="y (m, forward)")
-    return shown
-
-
 def bev_feature_maps(maps: dict[str, torch.Tensor], config: CameraConfig = R50, title: str = "") -> Figure:
     """Side by side, ``log(1 + ‖feature‖₂)`` of BEV feature maps ``[1, C, X', Y']`` (any resolution: the extent is
     metric), on one colour scale."""
@@ -359,7 +373,7 @@ def bev_feature_maps(maps: dict[str, torch.Tensor], config: CameraConfig = R50, 
     norms = {name: m[0].float().norm(dim=0).log1p() for name, m in maps.items()}
     vmax = max(n.max().item() for n in norms.values())
     for ax, (name, norm) in zip(axes, norms.items(), strict=True):
-        shown = _bev_image(ax, norm, config, cmap="magma", vmin=0, vmax=vmax)
+        shown = bev_image(ax, norm, config, cmap="magma", vmin=0, vmax=vmax)
         ax.set_title(f"{name} {list(maps[name].shape)}", fontsize=9)
     fig.colorbar(shown, ax=list(axes), shrink=0.8, label="log(1 + |feature|)")
     if title:
@@ -376,7 +390,7 @@ def oracle_bev(lift: OracleLift, config: CameraConfig = R50) -> Figure:
     bev = lift.bev[0]
     shown = torch.nn.functional.max_pool2d(bev[None, :4], 3, stride=1, padding=1)[0]
     colour = torch.where(shown[3] > 0, shown[:3] / shown[3].clamp_min(1), torch.full((), 0.15))
-    _bev_image(left, colour.permute(1, 2, 0).clamp(0, 1), config)
+    bev_image(left, colour.permute(1, 2, 0).clamp(0, 1), config)
     left.set_title("lifted colour (mean per cell): what the cameras see, from above", fontsize=10)
     (x0, _, dx), (y0, _, dy) = config.xbound, config.ybound
     mass = bev[BOX_CHANNEL0 : BOX_CHANNEL0 + len(lift.boxes)]
@@ -399,7 +413,7 @@ def oracle_bev(lift: OracleLift, config: CameraConfig = R50) -> Figure:
             xytext=(0, 8),
             textcoords="offset points",
         )
-    right.set(xlabel="x (m, right)", ylabel="y (m, forward)", aspect="equal")
+    bev_axes(right)
     right.set_title(f"cells that received box mass; dashed: footprint + {lift.margin:.2g} m", fontsize=10)
     reach = lift.boxes[:, :2].abs().max().item() + 6.0  # zoom to where the boxes are, within the grid
     (x0, x1, _), (y0, y1, _) = config.xbound, config.ybound
@@ -434,26 +448,41 @@ def plot_fake_quant(x: Tensor, amax: float, num_bits: int = 8) -> Figure:
     return fig
 
 
+def _histogram(model: CameraBranch, name: str) -> tuple[Tensor, Tensor]:
+    q = model.get_submodule(name)
+    hist, edges = q._calibrator._calib_hist, q._calibrator._calib_bin_edges
+    if hist is None:
+        raise ValueError(f"{name} has no histogram: calibrate the model first")
+    return torch.as_tensor(hist).float().cpu(), torch.as_tensor(edges).float().cpu()
+
+
+def amax_choices(model: CameraBranch, name: str, percentile: float = 99.99) -> dict[str, float]:
+    """The amax that ``max``, ``percentile`` and ``mse`` pick from the |x| histogram the activation quantizer
+    ``name`` collected (``plot_amax_choices`` draws them): ``{"max": …, "percentile": …, "mse": …}``."""
+    from .quant import mse_amax, percentile_amax
+
+    hist, edges = _histogram(model, name)
+    return {
+        "max": float(edges[int(torch.nonzero(hist).max()) + 1]),
+        "percentile": float(percentile_amax(hist, edges, percentile)),
+        "mse": float(mse_amax(hist, edges)),
+    }
+
+
 def plot_amax_choices(model: CameraBranch, names: Sequence[str], percentile: float = 99.99) -> Figure:
     """For each named activation quantizer: the histogram of |x| its calibrator collected, and the amax that
     ``max``, ``percentile`` and ``mse`` pick from it (the one in use is the calibrated ``amax``)."""
-    from .quant import mse_amax, percentile_amax, quantizer_owner  # pytorch-quantization loads only for this figure
+    from .quant import quantizer_owner  # pytorch-quantization loads only for this figure
 
     fig = Figure(figsize=(6.5 * len(names), 3.8), layout="constrained")
     for ax, name in zip(fig.subplots(1, len(names), squeeze=False)[0], names, strict=True):
         q = model.get_submodule(name)
-        hist, edges = q._calibrator._calib_hist, q._calibrator._calib_bin_edges
-        if hist is None:
-            raise ValueError(f"{name} has no histogram: calibrate the model first")
-        hist, edges = torch.as_tensor(hist).float().cpu(), torch.as_tensor(edges).float().cpu()
+        hist, edges = _histogram(model, name)
         ax.stairs(hist.clamp(min=0.5), edges, fill=True, color="0.75")
-        choices = {
-            "max": edges[int(torch.nonzero(hist).max()) + 1],
-            f"percentile {percentile}": percentile_amax(hist, edges, percentile),
-            "mse": mse_amax(hist, edges),
-        }
-        for (label, amax), color in zip(choices.items(), ("tab:red", "tab:orange", "tab:blue"), strict=True):
-            ax.axvline(float(amax), color=color, label=f"{label}: {float(amax):.3g}")
+        choices = amax_choices(model, name, percentile)
+        labels = ("max", f"percentile {percentile}", "mse")
+        for label, amax, color in zip(labels, choices.values(), ("tab:red", "tab:orange", "tab:blue"), strict=True):
+            ax.axvline(amax, color=color, label=f"{label}: {amax:.3g}")
         title = f"{quantizer_owner(name)} (amax in use {q.amax.item():.3g})"
         ax.set(yscale="log", xlabel="|x|", ylabel="count", title=title)
         ax.legend(fontsize=8)

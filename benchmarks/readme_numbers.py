@@ -1,0 +1,319 @@
+"""Regenerate the README's "What was measured" table: every number in it, from one run of this script.
+
+    python benchmarks/readme_numbers.py            # measure, write results/readme_numbers-<device>.json, update README
+    python benchmarks/readme_numbers.py --no-readme
+
+The table goes between the README's ``<!-- readme-numbers:start -->`` and ``<!-- readme-numbers:end -->`` markers,
+headed by the run that produced it (date, commit, CPU, versions). It repeats, outside a notebook, what chapters 03,
+04, 06, 07, 08, 09, 10 and 11 measure, with the package's own calls, so each row says where its number comes from.
+It takes a few minutes on a 2-core CPU (calibration, exports, ModelOpt, both simplifiers, the sensitivity analysis).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+START, END = "<!-- readme-numbers:start -->", "<!-- readme-numbers:end -->"
+
+Row = tuple[str, str]
+
+
+def _timed(fn: Callable, *args: object, **kwargs: object) -> tuple[object, float]:
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def _import_time() -> Row:
+    code = "import time; t = time.perf_counter(); import {}; print(time.perf_counter() - t)"
+    seconds = {}
+    for module in ("torch", "bevnb"):
+        out = subprocess.run([sys.executable, "-c", code.format(module)], capture_output=True, text=True, check=True)
+        seconds[module] = float(out.stdout.strip().splitlines()[-1])
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, bevnb; print([m for m in ('pytorch_quantization', 'modelopt', "
+            "'onnxruntime', 'matplotlib') if m in sys.modules])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return "`import bevnb` (fresh interpreter)", (
+        f"{seconds['bevnb']:.2f} s (`import torch` alone {seconds['torch']:.2f} s); heavy stacks loaded by it: {loaded}"
+    )
+
+
+def measure() -> list[Row]:
+    """Every row of the table, measured now."""
+    import torch
+
+    import bevnb
+    from bevnb import graphs, quant, sensitivity, toolchains
+    from bevnb.oracle import footprint_margin, oracle_lift
+    from bevnb.paths import build_dir
+    from bevnb.pipeline import SplitCamera
+    from bevnb.rig import FIVE_CAMERA_RIG_PATH, load_rig
+    from bevnb.validation import ensure_exported, graph_parity, validate
+
+    rows: list[Row] = [_import_time()]
+    model = bevnb.build_camera_model(seed=0)
+    sample = bevnb.make_sample("synthetic", seed=0)
+
+    files = bevnb.export_camera(model, build_dir("readme", "fp16"), "fp16", verbose=False)
+    back, vt = files["camera.backbone.onnx"], files["camera.vtransform.onnx"]
+    convs = graphs.op_counts(graphs.load(back.path))["Conv"]
+    rows.append(
+        (
+            "fp16 export of both graphs (chapter 03)",
+            f"{back.seconds + vt.seconds:.1f} s; backbone {back.size_bytes / 1e6:.1f} MB, {back.nodes} nodes "
+            f"({convs} Conv); vtransform {vt.size_bytes / 1e6:.1f} MB, {vt.nodes} nodes",
+        )
+    )
+    parity = graph_parity(model, back.path.parent, {"zeros": bevnb.make_sample("zeros"), "synthetic": sample})
+    worst = max(float(r[4]) for r in parity.rows)
+    rows.append(
+        ("ONNX Runtime vs PyTorch, both graphs (chapter 03)", f"rel. error ≤ {worst:.2g} of each output's scale")
+    )
+
+    plan, seconds = _timed(bevnb.plan_bev_pool, bevnb.make_sample("zeros"), use_cache=False)
+    summary = plan.summary()
+    rows.append(
+        (
+            "bev_pool plan, canonical calibration (chapter 06)",
+            f"{summary['kept points']:,} of {summary['candidate points']:,} frustum points kept, "
+            f"{summary['cells hit']:,} BEV cells hit, {seconds:.2f} s",
+        )
+    )
+
+    pq = quant.quantize_camera(bevnb.build_camera_model(seed=0))
+    scenes = list(quant.synthetic_inputs(quant.DEFAULT_CALIB_SAMPLES))
+    pq_seconds = quant.calibrate(pq, scenes, "mse", progress=False)
+    int8_files = bevnb.export_camera(pq, build_dir("readme", "int8"), "int8", verbose=False)
+    int8_path = int8_files["camera.backbone.onnx"].path
+    ops = graphs.op_counts(graphs.load(int8_path))
+    counted = graphs.count_quantized(graphs.load(int8_path))
+    rows.append(
+        (
+            "int8 backbone (chapter 04)",
+            f"{ops['QuantizeLinear']} QuantizeLinear/{ops['DequantizeLinear']} DequantizeLinear after onnxsim "
+            f"({counted['weights']} per-channel weights, {counted['activations']} per-tensor activations)",
+        )
+    )
+
+    held_out = bevnb.make_sample("synthetic", seed=quant.HELD_OUT_SEED)
+    splits = {"fp16": SplitCamera(back.path.parent, "triton"), "int8": SplitCamera(int8_path.parent, "triton")}
+    result = validate(model, splits, {"held-out": held_out})
+    final = {r[1]: r for r in result.rows if r[2] == "vtransform (final)"}
+    rows.append(
+        (
+            "split (fp16 graph → Triton → fp16 graph) vs PyTorch, final BEV (chapter 07)",
+            f"rel. error {float(final['fp16'][5]):.2g}, SQNR {float(final['fp16'][7]):.0f} dB",
+        )
+    )
+    rows.append(
+        (
+            "split (int8 Q/DQ graph) vs fp32 PyTorch, final BEV (chapter 07)",
+            f"cosine {float(final['int8'][6]):.3f}, SQNR {float(final['int8'][7]):.1f} dB",
+        )
+    )
+    lift = oracle_lift(held_out, bevnb.plan_bev_pool(held_out), backend="torch")
+    seen = lift.share_inside[lift.seen_pixels > 0]
+    rows.append(
+        (
+            "oracle lift, held-out scene (chapter 07)",
+            f"at least {100 * float(seen.min()):.1f} % of every seen box's lifted mass inside its footprint "
+            f"(+{lift.margin:g} m)",
+        )
+    )
+
+    from bevnb import quant_modelopt as qm
+
+    mo = qm.quantize_camera_modelopt(bevnb.build_camera_model(seed=0))
+    mo_seconds = qm.calibrate_modelopt(mo, scenes, "max")
+    mo_files = bevnb.export_camera(mo, build_dir("readme", "int8-modelopt"), "int8", verbose=False)
+    diff = toolchains.placement_diff(
+        graphs.load(int8_path), graphs.load(mo_files["camera.backbone.onnx"].path), ("pq", "mo")
+    )
+    rows.append(
+        (
+            f"int8 backbone, ModelOpt {version('nvidia-modelopt')} vs pytorch-quantization "
+            f"{version('pytorch-quantization')} (chapter 09)",
+            f"{'the same' if diff.same else 'NOT the same'} quantized tensors and scale sharing; "
+            f"{diff.counts['pq']['QuantizeLinear nodes']} vs {diff.counts['mo']['QuantizeLinear nodes']} "
+            "QuantizeLinear",
+        )
+    )
+    accuracy = toolchains.int8_accuracy(
+        model,
+        {"pytorch-quantization, MSE": int8_path, "ModelOpt, max": mo_files["camera.backbone.onnx"].path},
+        held_out,
+    )
+    rows.append(
+        (
+            "int8 vs fp32, held-out scene, ONNX Runtime (feature / depth weights / pooled BEV) (chapter 09)",
+            "; ".join(f"{r[0]}: {' / '.join(f'{float(v):.1f}' for v in r[2::2])} dB" for r in accuracy.rows),
+        )
+    )
+    rows.append(
+        (
+            f"calibration ({len(scenes)} scenes) / int8 export + onnxsim (chapter 09)",
+            f"pytorch-quantization {pq_seconds:.1f} s / {int8_files['camera.backbone.onnx'].seconds:.1f} s; "
+            f"ModelOpt, max {mo_seconds:.1f} s / {mo_files['camera.backbone.onnx'].seconds:.1f} s",
+        )
+    )
+
+    traced = bevnb.export_camera(pq, build_dir("readme", "traced"), "int8", simplifier=None, verbose=False)
+    results = toolchains.compare_simplifiers(
+        {"int8": traced["camera.backbone.onnx"].path}, quant.backbone_inputs(held_out)
+    )
+    rows.append(
+        (
+            f"onnxsim {version('onnxsim')} vs onnxslim {version('onnxslim')}, int8 backbone (chapter 10)",
+            "; ".join(
+                f"{r.simplifier}: {'keeps' if r.kept_quantized else 'CHANGES'} the quantized tensors, "
+                f"ORT max rel. Δ {r.parity:.2g}, {r.seconds:.2f} s"
+                for r in results
+            ),
+        )
+    )
+
+    analysis = sensitivity.analyse(pq, held_out, cameras=(0,), progress=False)
+    ranking = analysis.ranking()
+    gains = ", ".join(
+        f"{u.name} {analysis.sqnr[u.name]['bev'] - analysis.baseline['bev']:+.2f} dB" for u in ranking[:5]
+    )
+    rows.append(("sensitivity, front camera (pooled-BEV gain, one unit in float) (chapter 11)", gains))
+    target = 25.0
+    chosen, path = analysis.shortest_float_set(target)
+    pairs = sum(u.qdq_pairs for u in analysis.units)
+    rows.append(
+        (
+            f"float set for {target:g} dB, front camera (chapter 11)",
+            f"{len(chosen)} units ({analysis.baseline['bev']:.1f} → {path[-1]:.1f} dB), "
+            f"{pairs - sum(u.qdq_pairs for u in chosen)} of {pairs} Q/DQ pairs left",
+        )
+    )
+
+    rig = load_rig(FIVE_CAMERA_RIG_PATH)
+    rig_sample, seconds = _timed(bevnb.make_sample, "synthetic", seed=1000, rig=rig)
+    N, (iH, iW) = rig.num_cameras, rig.image_size
+    rows.append(
+        (
+            "synthetic scene rendering, five-camera rig (chapter 08)",
+            f"{seconds:.1f} s for {N} × {iW}×{iH} pixels ({1e6 * seconds / (N * iH * iW):.2f} µs per pixel)",
+        )
+    )
+    rig_plan = bevnb.plan_bev_pool(rig_sample, rig.config)
+    s = rig_plan.summary()
+    X, Y, Z = rig.config.grid_size
+    rows.append(
+        (
+            "five-camera rig: plan (chapter 08)",
+            f"{s['kept points']:,} of {s['candidate points']:,} frustum points kept, {s['cells hit']:,} of "
+            f"{X * Y * Z:,} cells ({X}×{Y}) hit, longest interval {int(s['max points/cell']):,} points",
+        )
+    )
+    rig_model = bevnb.build_camera_model(seed=0, config=rig.config)
+    rig_dir = ensure_exported("fp16", config=rig.config, verbose=False)
+    rig_result = validate(
+        rig_model, {"fp16": SplitCamera(rig_dir, "auto", config=rig.config)}, {"synthetic-1000": rig_sample}
+    )
+    fin = next(r for r in rig_result.rows if r[2] == "vtransform (final)")
+    rows.append(
+        (
+            f"five-camera rig: split (fp16 graph → bev_pool → fp16 graph) vs PyTorch, final BEV `{fin[3]}` "
+            "(chapter 08)",
+            f"rel. error {float(fin[5]):.2g}, SQNR {float(fin[7]):.0f} dB",
+        )
+    )
+    margin = footprint_margin(rig.config)
+    shares = []
+    for seed in range(3):
+        scene = rig_sample if seed == 0 else bevnb.make_sample("synthetic", seed=seed, rig=rig)
+        lifted = oracle_lift(scene, bevnb.plan_bev_pool(scene, rig.config), "torch", config=rig.config, margin=margin)
+        keep = (lifted.seen_pixels > 0) & lifted.in_grid
+        shares.append(float(lifted.share_inside[keep].min()))
+    rows.append(
+        (
+            "five-camera rig: oracle lift, scenes of seeds 1000, 1 and 2 (chapter 08)",
+            f"at least {100 * min(shares):.1f} % of every seen box's mass inside its footprint (+{margin:.2f} m)",
+        )
+    )
+    del torch
+    return rows
+
+
+def run_info() -> dict:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [
+        line.split(":", 1)[1].strip()
+        for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
+        if line.startswith("model name")
+    ]
+    cpu = names[0] if names else cpu
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit.stdout.strip() or "unknown",
+        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "versions": {p: version(p) for p in ("torch", "onnxruntime", "pytorch-quantization", "nvidia-modelopt")},
+    }
+
+
+def markdown(rows: list[Row], info: dict) -> str:
+    versions = ", ".join(f"{p} {v}" for p, v in info["versions"].items())
+    lines = [
+        f"Run of `python benchmarks/readme_numbers.py` on {info['date']}, commit `{info['commit']}`, {info['cpu']} "
+        f"({versions}); no GPU. Rerun it to refresh this table.",
+        "",
+        "| what | number |",
+        "|---|---|",
+        *(f"| {what} | {number} |" for what, number in rows),
+    ]
+    return "\n".join(lines)
+
+
+def update_readme(table: str, readme: Path = README) -> None:
+    text = readme.read_text()
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{readme}: no {START} … {END} block to replace")
+    readme.write_text(pattern.sub(lambda _: f"{START}\n{table}\n{END}", text))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-readme", action="store_true", help="only print and save the JSON")
+    args = parser.parse_args(argv)
+    info = run_info()
+    rows, seconds = _timed(measure)
+    info["seconds"] = round(seconds, 1)
+    table = markdown(rows, info)
+    print(table)
+    out = ROOT / "benchmarks" / "results" / "readme_numbers-cpu.json"
+    out.write_text(json.dumps({"run": info, "rows": rows}, indent=1, ensure_ascii=False) + "\n")
+    if not args.no_readme:
+        update_readme(table)
+    print(f"{seconds:.0f} s; wrote {out.relative_to(ROOT)}" + ("" if args.no_readme else " and the README's table"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
