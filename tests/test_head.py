@@ -4,14 +4,31 @@ decoding on hand-made maps, and the head graph's ONNX Runtime parity."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import onnx
 import pytest
 import torch
 
 from bevnb.config import CLASS_NAMES, R50
-from bevnb.model.box_coder import BoxCoder, decode, encode_targets, find_peaks, gaussian_radius
-from bevnb.model.head import MIT_WIDTHS, SMALL_WIDTHS, DetectionHead, HeadConfig, build_head
+from bevnb.model.box_coder import (
+    BoxCoder,
+    TaskTargets,
+    centerhead_loss,
+    decode,
+    encode_targets,
+    find_peaks,
+    gaussian_radius,
+)
+from bevnb.model.head import (
+    MIT_WIDTHS,
+    NUSCENES_TASKS,
+    SMALL_WIDTHS,
+    DetectionHead,
+    HeadConfig,
+    build_head,
+    select_tasks,
+)
 from bevnb.scene import random_scene
 from bevnb.subclass import HEAD_FILE, head_io, head_io_shapes
 
@@ -96,6 +113,26 @@ def test_state_dict_keys_are_mit_bevfusions_layout():
         "heads.object",
     }
     assert set(small) == set(expected)  # narrower, same keys
+
+
+def test_an_mit_checkpoints_decoder_and_head_load_into_the_two_tasks():
+    shapes = _mmdet3d_state_shapes(80, [(2, 128, 2), (2, 256, 2), (2, 512, 1)], 256, 64, 64, NUSCENES_TASKS)
+    g = torch.Generator().manual_seed(0)
+    mit = {k: torch.randn(s, generator=g) for k, s in shapes.items()} | {"encoders.camera.backbone.conv1.weight": 0}
+    head = DetectionHead(MIT_WIDTHS)
+    head.load_state_dict(select_tasks(mit, MIT_WIDTHS.tasks), strict=True)
+    state = head.state_dict()
+    assert torch.equal(state["decoder.neck.fuse.0.weight"], mit["decoder.neck.fuse.0.weight"])
+    assert torch.equal(state["heads.object.task_heads.0.reg.1.weight"], mit["heads.object.task_heads.0.reg.1.weight"])
+    assert torch.equal(
+        state["heads.object.task_heads.1.dim.0.conv.weight"], mit["heads.object.task_heads.5.dim.0.conv.weight"]
+    )
+    # pedestrian is the first class of MIT's [pedestrian, traffic_cone] task: row 0 of its heatmap conv
+    assert torch.equal(
+        state["heads.object.task_heads.1.heatmap.1.bias"], mit["heads.object.task_heads.5.heatmap.1.bias"][:1]
+    )
+    with pytest.raises(ValueError, match=r"task \['car', 'pedestrian'\] must take all its classes from one"):
+        select_tasks(mit, (("car", "pedestrian"),))
 
 
 def test_default_weights_are_seeded_and_the_heatmap_prior_is_mits():
@@ -218,6 +255,36 @@ def test_encoding_then_decoding_gives_the_boxes_back(rig, five_rig):
     assert wrapped.abs().max() < 1e-5
     torch.testing.assert_close(got[:, 7:], torch.nn.functional.pad(boxes, (0, 9 - boxes.shape[1]))[:, 7:])
     assert torch.equal(found["labels"][order], labels)
+
+
+def test_the_loss_is_mmdet3ds_focal_and_weighted_l1():
+    # a 4×4 heatmap at p = 0.5 with one peak: every cell costs -log(0.5)·0.5² (the peak as a positive, the others
+    # as negatives with (1 - 0)^4 = 1), divided by one peak
+    maps = {name: torch.zeros(1, c, 4, 4) for name, c in HEADS.items()} | {"heatmap": torch.zeros(1, 1, 4, 4)}
+    target = TaskTargets(torch.zeros(1, 4, 4), torch.zeros(0, 10), torch.zeros(0, dtype=torch.int64))
+    target.heatmap[0, 1, 2] = 1
+    losses = centerhead_loss([maps], [[target]])
+    assert losses["heatmap/task0"].item() == pytest.approx(16 * math.log(2) * 0.25, rel=1e-6)
+    assert losses["bbox/task0"].item() == 0
+    # perfect maps: no box loss; reg off by 0.5 and velocity off by 1 (code weight 0.2): 0.25 · (0.5 + 2·0.2) a box
+    coder = BoxCoder.for_config(R50)
+    scene = random_scene(0)
+    targets = encode_targets(scene.boxes, scene.labels, coder)
+    outputs = _perfect_maps(scene.boxes, scene.labels, coder)
+    assert all(v.item() == 0 for k, v in centerhead_loss(outputs, [targets]).items() if k.startswith("bbox"))
+    for maps in outputs:
+        maps["reg"][:, 0] += 0.5
+        maps["vel"] += 1.0
+    outputs = [{k: v.expand(2, -1, -1, -1) for k, v in maps.items()} for maps in outputs]
+    losses = centerhead_loss(outputs, [targets, targets])  # a batch of two
+    for t, m in enumerate(len(t.boxes) for t in targets):
+        assert losses[f"bbox/task{t}"].item() == pytest.approx(0.25 * 2 * m * 0.9 / (2 * m + 1e-4), rel=1e-5)
+    # gradients reach the head's last layers (on a 9.6 m grid, so that the backward pass is quick)
+    small = BoxCoder.for_config(replace(R50, xbound=(-9.6, 9.6, 0.3), ybound=(-9.6, 9.6, 0.3)))
+    targets = encode_targets(torch.tensor([[1.0, 2.0, -1.8, 4.5, 1.9, 1.6, 0.3]]), torch.tensor([CAR]), small)
+    head = build_head(bev_size=(32, 32)).train()
+    sum(centerhead_loss(head(torch.rand(1, 80, 32, 32)), [targets]).values()).backward()
+    assert head.heads["object"].task_heads[1].heatmap[1].weight.grad.abs().sum() > 0
 
 
 def test_the_coder_follows_the_rigs_grid(five_rig):

@@ -14,6 +14,9 @@ the 180×180 of its input), so 0.6 m cells.
   from CenterNet's ``gaussian_radius`` with ``gaussian_overlap 0.1``, at least ``min_radius 2`` cells) and, at each
   box's peak cell, the regression target ``[Δx, Δy, z_centre, log dx, log dy, log dz, sin yaw, cos yaw, vx, vy]``
   (``norm_bbox``: dims as log; the height head regresses the box's gravity centre, as mmdet3d).
+* ``centerhead_loss`` is ``CenterHead.loss``: mmdet's Gaussian focal loss on the clipped sigmoid heatmap, averaged
+  over the peaks, and the L1 loss of the regression maps at the peak cells (``code_weights`` 1, velocity 0.2),
+  averaged over the boxes and weighted 0.25.
 * ``decode`` is ``CenterPointBBoxCoder.decode`` + ``CenterHead.get_bboxes``: sigmoid heatmap, peaks that are the
   maximum of their 3×3 neighbourhood (CenterNet's max-pool NMS), the top ``max_num`` peaks over all classes of a
   task, ``score > score_threshold``, centres inside ``post_center_range``; z back to the bottom centre.
@@ -37,6 +40,9 @@ from .head import SMALL_WIDTHS, HeadConfig
 
 BOX_TARGET_NAMES = ("dx_cell", "dy_cell", "z_centre", "log_dx", "log_dy", "log_dz", "sin_yaw", "cos_yaw", "vx", "vy")
 """The columns of a regression target, in the channel order of ``reg``, ``height``, ``dim``, ``rot``, ``vel``."""
+REGRESSION_HEADS = ("reg", "height", "dim", "rot", "vel")
+CODE_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)  # MIT's train_cfg.code_weights
+BBOX_LOSS_WEIGHT = 0.25  # loss_bbox: L1Loss, loss_weight 0.25
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,37 @@ def encode_targets(boxes: Tensor, labels: Tensor, coder: BoxCoder) -> list[TaskT
     return targets
 
 
+def gaussian_focal_loss(pred: Tensor, target: Tensor, alpha: float = 2.0, gamma: float = 4.0) -> Tensor:
+    """mmdet's ``gaussian_focal_loss``, elementwise: ``pred`` (probabilities) against a Gaussian ``target`` (1 at
+    peaks), same shape → same shape. Peaks count as positives; elsewhere the penalty shrinks as ``(1 - target)^4``."""
+    eps = 1e-12
+    positive = -(pred + eps).log() * (1 - pred).pow(alpha) * target.eq(1)
+    negative = -(1 - pred + eps).log() * pred.pow(alpha) * (1 - target).pow(gamma)
+    return positive + negative
+
+
+def centerhead_loss(
+    outputs: list[dict[str, Tensor]], targets: list[list[TaskTargets]], code_weights: tuple[float, ...] = CODE_WEIGHTS
+) -> dict[str, Tensor]:
+    """``CenterHead.loss`` for a batch: ``outputs`` as ``DetectionHead`` returns them (batch B), ``targets[b]``
+    ``encode_targets``' tasks of sample ``b`` → ``{"heatmap/task{t}": …, "bbox/task{t}": …}`` (scalars; their sum is
+    the head's loss). The heatmap loss is summed over cells and divided by the number of peaks (at least 1); the L1
+    box loss is summed over the peak cells' ``BOX_TARGET_NAMES`` columns times ``code_weights``, divided by the
+    number of boxes (+ 1e-4), times ``BBOX_LOSS_WEIGHT``."""
+    losses = {}
+    weights = torch.tensor(code_weights)
+    for t, maps in enumerate(outputs):
+        pred = maps["heatmap"].sigmoid().clamp(1e-4, 1 - 1e-4)  # mmdet3d's clip_sigmoid
+        target = torch.stack([sample[t].heatmap for sample in targets])
+        losses[f"heatmap/task{t}"] = gaussian_focal_loss(pred, target).sum() / target.eq(1).sum().clamp(min=1)
+        regression = torch.cat([maps[name] for name in REGRESSION_HEADS], dim=1).flatten(2)  # [B, 10, X·Y]
+        at_peaks = torch.cat([regression[b][:, sample[t].indices].T for b, sample in enumerate(targets)])
+        box_targets = torch.cat([sample[t].boxes for sample in targets])
+        l1 = ((at_peaks - box_targets).abs() * weights.to(at_peaks)).sum() / (len(box_targets) + 1e-4)
+        losses[f"bbox/task{t}"] = BBOX_LOSS_WEIGHT * l1
+    return losses
+
+
 def find_peaks(heatmap: Tensor, max_num: int) -> tuple[Tensor, Tensor, Tensor]:
     """The ``max_num`` highest local maxima of ``heatmap [B, C, X, Y]`` (scores after sigmoid): a cell is kept only
     if it is the maximum of its 3×3 neighbourhood. → ``(scores [B, K], channels [B, K], cells [B, K])`` with
@@ -186,7 +223,7 @@ def decode(outputs: list[dict[str, Tensor]], coder: BoxCoder) -> list[dict[str, 
         B, Y = maps["heatmap"].shape[0], maps["heatmap"].shape[-1]
         scores, channels, cells = find_peaks(maps["heatmap"].sigmoid(), coder.max_num)
         # every regression map at the peak cells, [B, K, 10] in BOX_TARGET_NAMES order
-        regression = torch.cat([maps[name] for name in ("reg", "height", "dim", "rot", "vel")], dim=1)
+        regression = torch.cat([maps[name] for name in REGRESSION_HEADS], dim=1)
         at_peaks = regression.flatten(2).gather(2, cells[:, None].expand(-1, regression.shape[1], -1))
         offset, z_centre, dims, rot, velocity = at_peaks.transpose(1, 2).split((2, 1, 3, 2, 2), dim=-1)
         xy = coder.to_metres(torch.stack((cells // Y, cells % Y), dim=-1).to(offset.dtype) + offset)

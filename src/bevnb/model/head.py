@@ -38,6 +38,7 @@ Maps follow the BEV's layout: rows are x, columns are y (MIT's fork of CenterHea
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,11 @@ from .vtransform import conv_bn_relu
 Stage = tuple[int, int, int]  # (num_blocks, out_channels, stride), as GeneralizedResNet's ``blocks``
 COMMON_HEADS = (("reg", 2), ("height", 1), ("dim", 3), ("rot", 2), ("vel", 2))  # name, channels
 HEATMAP_BIAS = -2.19  # SeparateHead's init_bias: sigmoid(-2.19) ≈ 0.1, the prior of a peak
+NUSCENES_TASKS = (
+    ("car",), ("truck", "construction_vehicle"), ("bus", "trailer"), ("barrier",), ("motorcycle", "bicycle"),
+    ("pedestrian", "traffic_cone"),
+)  # fmt: skip
+"""The tasks of MIT's nuScenes CenterHead configs (``configs/nuscenes/det/centerhead/default.yaml``)."""
 
 
 @dataclass(frozen=True)
@@ -269,3 +275,31 @@ def init_default_weights(head: DetectionHead, seed: int = 0, bev_size: tuple[int
         bn.momentum = 0.1
         bn.num_batches_tracked.zero_()
     head.eval()
+
+
+def select_tasks(
+    state: Mapping[str, Tensor],
+    tasks: tuple[tuple[str, ...], ...],
+    from_tasks: tuple[tuple[str, ...], ...] = NUSCENES_TASKS,
+) -> dict[str, Tensor]:
+    """The ``decoder.*`` and ``heads.object.*`` tensors of a checkpoint made for ``from_tasks`` (MIT's six nuScenes
+    tasks by default), rearranged for ``tasks``: ``load_state_dict`` of a head with those tasks (and the
+    checkpoint's widths, ``MIT_WIDTHS`` for MIT's) takes the result strictly.
+
+    Each of ``tasks`` must draw its classes from one task of ``from_tasks``: it takes that task's head whole, except
+    the heatmap's final conv, of which it keeps the rows of its classes (``[pedestrian]`` takes MIT's
+    ``[pedestrian, traffic_cone]`` head and row 0 of its heatmap). Other keys (``encoders.*`` …) are left out.
+    """
+    out = {k: v for k, v in state.items() if k.startswith("decoder.") or k.startswith("heads.object.shared_conv.")}
+    for t, task in enumerate(tasks):
+        sources = {i for i, names in enumerate(from_tasks) for name in task if name in names}
+        if len(sources) != 1 or not all(any(name in names for names in from_tasks) for name in task):
+            raise ValueError(f"task {list(task)} must take all its classes from one of the tasks {from_tasks}")
+        source = sources.pop()
+        rows = [from_tasks[source].index(name) for name in task]
+        prefix, new = f"heads.object.task_heads.{source}.", f"heads.object.task_heads.{t}."
+        for key, value in state.items():
+            if key.startswith(prefix):
+                name = new + key[len(prefix) :]
+                out[name] = value[rows] if name.startswith(f"{new}heatmap.1.") else value
+    return out
