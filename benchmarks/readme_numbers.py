@@ -47,15 +47,16 @@ def _import_time() -> Row:
         [
             sys.executable,
             "-c",
-            "import sys, bevnb; print([m for m in ('pytorch_quantization', 'modelopt', "
-            "'onnxruntime', 'matplotlib') if m in sys.modules])",
+            "import sys, bevnb; print(', '.join(m for m in ('pytorch_quantization', 'modelopt', "
+            "'onnxruntime', 'matplotlib') if m in sys.modules) or 'none')",
         ],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.strip()
     return "`import bevnb` (fresh interpreter)", (
-        f"{seconds['bevnb']:.2f} s (`import torch` alone {seconds['torch']:.2f} s); heavy stacks loaded by it: {loaded}"
+        f"{seconds['bevnb']:.2f} s (`import torch` alone {seconds['torch']:.2f} s); of pytorch-quantization, ModelOpt, "
+        f"ONNX Runtime and matplotlib it loads: {loaded}"
     )
 
 

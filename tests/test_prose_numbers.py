@@ -144,3 +144,12 @@ def test_no_measured_number_typed_into_a_chapter(name):
     nb = nbformat.read(Path(NOTEBOOK_DIR) / f"{name}.ipynb", as_version=4)
     findings = notebook_findings(nb, CITED.get(name, ()))
     assert not findings, f"{name}: measured numbers typed into markdown (cell, number): {findings}"
+
+
+def test_chapter_00_lists_every_chapter_from_the_chapter_list():
+    from bevnb.chapters import SUMMARIES, chapter_table
+
+    nb = nbformat.read(Path(NOTEBOOK_DIR) / "00_overview.ipynb", as_version=4)
+    assert any(c.cell_type == "code" and "chapter_table()" in c.source for c in nb.cells)
+    assert not any(c.cell_type == "markdown" and "| 01" in c.source for c in nb.cells), "a hand-written chapter table"
+    assert [row[0] for row in chapter_table().rows] == [name[:2] for name in CHAPTERS] == [n[:2] for n in SUMMARIES]

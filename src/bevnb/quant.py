@@ -269,8 +269,8 @@ def calibrate(
 
 @torch.no_grad()
 def run_scenes(model: nn.Module, data: int | Iterable[tuple[Tensor, Tensor]], progress: bool = True) -> int:
-    """The forward of ``SubclassCameraModule(model)`` over ``data`` — a number of synthetic scenes (seeds 0 …,
-    ``synthetic_inputs``) or ``(img [1, N, 3, iH, iW], depth [1, N, 1, iH, iW])`` pairs — with a progress bar;
+    """The forward of ``SubclassCameraModule(model)`` over ``data`` — a number of synthetic scenes of the model's rig
+    (``frames_for``), ``Frames``, or ``(img [1, N, 3, iH, iW], depth [1, N, 1, iH, iW])`` pairs — with a progress bar;
     return the number of pairs seen. Calibration's pass, for either toolkit's quantizers."""
     from tqdm import tqdm
 

@@ -48,6 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from . import quant
+from .inputs import Frames, frames_for
 from .model import CameraBranch, fold_batchnorm
 from .model.neck import Concat
 from .model.resnet import Bottleneck
@@ -137,8 +138,9 @@ def calibrate_modelopt(
     percentile: float = 99.99,
     progress: bool = True,
 ) -> float:
-    """Calibrate a ``quantize_camera_modelopt`` model in place over ``data`` (a number of synthetic scenes, seeds
-    0 …, or ``(img, depth)`` pairs, as ``quant.calibrate``) and return the wall time in seconds. ``max``:
+    """Calibrate a ``quantize_camera_modelopt`` model in place over ``data`` (a number of synthetic scenes of the
+    model's rig, ``Frames``, or ``(img, depth)`` pairs, as ``quant.calibrate``, which it names when ``progress``) and
+    return the wall time in seconds. ``max``:
     ``mtq.calibrate``; ``mse`` / ``percentile``: ModelOpt's histograms, amax chosen as the module docstring says.
     Weights take their per-channel max either way."""
     _check_method(method)
@@ -152,13 +154,18 @@ def calibrate_modelopt(
     def forward_loop(module: nn.Module) -> None:
         quant.run_scenes(module, data, progress)
 
+    if isinstance(data, int):
+        data = frames_for(model.config, data)
     start = time.perf_counter()
     with _quiet():
         if method == "max":
             mtq.calibrate(model, "max", forward_loop)
         else:
             _calibrate_histograms(model, forward_loop, method, percentile)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if progress:
+        print(f"calibrated ({method}, ModelOpt) on {data if isinstance(data, Frames) else 'given (img, depth) pairs'}")
+    return seconds
 
 
 def _calibrate_histograms(model: nn.Module, forward_loop, method: str, percentile: float) -> None:
