@@ -31,7 +31,7 @@ import bevnb
 from bevnb import quant
 from bevnb.cli import _parser, main
 from bevnb.data import load_example_data, make_sample, write_tensor
-from bevnb.model import CheckpointError, read_checkpoint
+from bevnb.model import CheckpointError, build_detector, read_checkpoint
 from bevnb.rig import FIVE_CAMERA_RIG_PATH
 
 # --- payloads ---------------------------------------------------------------------------------------------------
@@ -184,6 +184,15 @@ def test_hostile_checkpoint_runs_nothing_and_fails_in_one_line(hostile, containe
     path, marker = hostile(container, payload)
     with pytest.raises(CheckpointError) as err:
         read_checkpoint(path)
+    assert not marker.exists()
+    assert "\n" not in str(err.value) and str(err.value).startswith(str(path))
+
+
+@pytest.mark.parametrize(("container", "payload"), CASES)
+def test_hostile_detector_file_runs_nothing_and_fails_in_one_line(hostile, container, payload):
+    path, marker = hostile(container, payload)
+    with pytest.raises(CheckpointError) as err:
+        build_detector(path)
     assert not marker.exists()
     assert "\n" not in str(err.value) and str(err.value).startswith(str(path))
 

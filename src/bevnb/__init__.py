@@ -20,10 +20,12 @@ Layering: modules import downward only, in this order (a test reads the imports 
     → geometry        frustum, lift geometry, the depth map, the bev_pool plan
     → bevpool/        reference, Triton kernels, dispatch, backend comparison
     → model/          ResNet50, GeneralizedLSSFPN, DepthLSSTransform, CameraBranch, checkpoints;
-                      head (decoder + CenterHead), box_coder (targets, decoding)
+                      head (decoder + CenterHead), box_coder (targets, decoding), detector (branch + head,
+                      its weights file)
     → scene, data, oracle
     → inputs          your checkpoint, rig and calibration frames (BEVNB_CHECKPOINT, BEVNB_RIG …)
     → detection       the nuScenes detection metric (AP by centre distance, ATE, ASE, AOE)
+    → evaluation      a detector on held-out scenes: the nuScenes table and depth within one bin
     → subclass        SubclassCameraModule and the split's interface (file and I/O names)
     → graphs → drawing, netron_view
     → quant           pytorch-quantization: the recipe, calibration, amax I/O, the placement

@@ -4,6 +4,7 @@ it (MIT BEVFusion's camera-only decoder + CenterHead) with its box targets and d
 from .box_coder import BoxCoder, TaskTargets, centerhead_loss, decode, encode_targets
 from .camera import CameraBranch, build_camera_model, init_default_weights
 from .checkpoint import CameraCheckpoint, CheckpointError, load_camera_state, read_checkpoint, state_digest
+from .detector import Detector, build_detector
 from .fold import fold_batchnorm
 from .head import MIT_WIDTHS, SMALL_WIDTHS, DetectionHead, HeadConfig, build_head, select_tasks
 
@@ -15,9 +16,11 @@ __all__ = [
     "CameraCheckpoint",
     "CheckpointError",
     "DetectionHead",
+    "Detector",
     "HeadConfig",
     "TaskTargets",
     "build_camera_model",
+    "build_detector",
     "build_head",
     "centerhead_loss",
     "decode",

@@ -1,0 +1,161 @@
+"""The detector (camera branch + head) and its weights file; the depth metric on hand-made inputs; the split to
+boxes against PyTorch (slow)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import bevnb
+from bevnb.config import R50
+from bevnb.evaluation import DEPTH_REGIONS, depth_accuracy, depth_bins, depth_truth
+from bevnb.model import CheckpointError, Detector, build_detector
+from bevnb.model.camera import DERIVED_KEYS
+
+LIDAR, NO_LIDAR = DEPTH_REGIONS
+
+
+@pytest.fixture(scope="module")
+def seeded() -> Detector:
+    return build_detector(seed=0)
+
+
+def trainer_file(detector: Detector, path, backbone_seed: int = 0, perturb: bool = True):
+    """``detector``'s trained parts in ``training/train.py``'s layout (vtransform without the derived buffers,
+    decoder, heads.object), moved off the seeded init so that a load is visible."""
+    derived = {f"encoders.camera.{k}" for k in DERIVED_KEYS}
+    state = {
+        k: v.clone()
+        for k, v in detector.state_dict().items()
+        if k.startswith(("encoders.camera.vtransform.", "decoder.", "heads.object.")) and k not in derived
+    }
+    if perturb:
+        for k, v in state.items():
+            if v.is_floating_point() and k.endswith(".bias"):
+                v += 0.01
+    torch.save({"state_dict": state, "meta": {"backbone_seed": backbone_seed, "steps": 0}}, path)
+    return path
+
+
+def test_state_dict_is_mit_layout_and_parts_are_shared(seeded):
+    keys = list(seeded.state_dict())
+    assert {k.split(".")[0] for k in keys} == {"encoders", "decoder", "heads"}
+    assert any(k.startswith("encoders.camera.backbone.") for k in keys) and not any(k.startswith("head.") for k in keys)
+    assert seeded.camera.vtransform is seeded.encoders["camera"].vtransform
+    assert seeded.decoder is seeded.head.decoder and not seeded.training and not seeded.head.training
+
+
+def test_trainer_file_loads_with_the_backbone_from_its_seed(seeded, tmp_path):
+    path = trainer_file(seeded, tmp_path / "weights.pth")
+    loaded = build_detector(path)
+    saved = torch.load(path, weights_only=True)["state_dict"]
+    state = loaded.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in saved.items())
+    assert torch.equal(
+        state["encoders.camera.backbone.conv1.weight"], seeded.state_dict()["encoders.camera.backbone.conv1.weight"]
+    )
+    assert not torch.equal(
+        state["heads.object.task_heads.0.heatmap.1.bias"],
+        seeded.state_dict()["heads.object.task_heads.0.heatmap.1.bias"],
+    )
+
+
+def test_full_mit_layout_loads_its_own_backbone(seeded, tmp_path):
+    state = {k: v.clone() for k, v in seeded.state_dict().items()}
+    state["encoders.camera.backbone.conv1.weight"] += 1.0
+    state["encoders.lidar.backbone.conv.weight"] = torch.zeros(3)  # a fusion checkpoint's other keys are ignored
+    torch.save({"state_dict": state, "meta": {}}, tmp_path / "mit.pth")
+    loaded = build_detector(tmp_path / "mit.pth").state_dict()
+    assert torch.equal(loaded["encoders.camera.backbone.conv1.weight"], state["encoders.camera.backbone.conv1.weight"])
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("missing", "missing (1): heads.object.task_heads.1.vel.1.bias"),
+        ("unexpected", "unexpected (1): decoder.extra.weight"),
+        ("misshaped", "mis-shaped (1): decoder.neck.fuse.0.weight [1]≠"),
+        ("no seed", "no meta['backbone_seed']"),
+        ("bad seed", "meta['backbone_seed'] must be an integer"),
+        ("not a tensor", "decoder.neck.fuse.0.weight holds a str"),
+    ],
+)
+def test_a_file_that_does_not_fit_fails_in_one_line(seeded, tmp_path, damage, reason):
+    path = trainer_file(seeded, tmp_path / "w.pth", perturb=False)
+    obj = torch.load(path, weights_only=True)
+    state = obj["state_dict"]
+    if damage == "missing":
+        del state["heads.object.task_heads.1.vel.1.bias"]
+    elif damage == "unexpected":
+        state["decoder.extra.weight"] = torch.zeros(1)
+    elif damage == "misshaped":
+        state["decoder.neck.fuse.0.weight"] = torch.zeros(1)
+    elif damage == "no seed":
+        del obj["meta"]
+    elif damage == "bad seed":
+        obj["meta"]["backbone_seed"] = 1.5
+    else:
+        state["decoder.neck.fuse.0.weight"] = "weights"
+    torch.save(obj, path)
+    with pytest.raises(CheckpointError) as err:
+        build_detector(path)
+    assert "\n" not in str(err.value) and str(err.value).startswith(str(path)) and reason in str(err.value)
+
+
+def test_the_same_file_builds_for_the_five_camera_rig(seeded, five_rig, tmp_path):
+    path = trainer_file(seeded, tmp_path / "weights.pth")
+    detector = build_detector(path, config=five_rig.config)
+    assert detector.coder.map_size == five_rig.config.out_bev_size
+    frustum = detector.state_dict()["encoders.camera.vtransform.frustum"]
+    assert frustum.shape[1:3] == five_rig.config.feature_size
+
+
+@pytest.mark.slow
+def test_the_five_camera_rig_detects_with_the_trained_layout(seeded, five_rig, tmp_path):
+    detector = build_detector(trainer_file(seeded, tmp_path / "weights.pth"), config=five_rig.config)
+    found = detector.detect(bevnb.make_sample("synthetic", seed=1000, rig=five_rig))
+    assert found["boxes"].shape[1] == 9 and len(found["boxes"]) == len(found["scores"]) == len(found["labels"])
+
+
+# --- depth within one bin, on hand-made inputs ------------------------------------------------------------------
+
+
+def _one_pixel_case(offset: int, lidar: bool) -> dict:
+    """One camera, feature pixel (1, 2) with its truth at a known bin, depth weights peaked ``offset`` bins away;
+    every other pixel's truth is 0 (not counted)."""
+    (iH, iW), (fH, fW), D = R50.image_size, R50.feature_size, R50.depth_bins
+    lo, _, step = R50.dbound
+    truth_bin = 40
+    depth = lo + step * (truth_bin + 0.5)
+    depth_map = torch.zeros(1, 1, iH, iW)
+    camera_depth = torch.zeros(1, iH, iW)
+    if lidar:
+        depth_map[0, 0, 8 + 3, 16 + 5] = depth  # inside the patch of feature pixel (1, 2)
+        depth_map[0, 0, 8 + 6, 16 + 1] = depth + 10.0  # a farther point in the same patch: the nearest counts
+    else:
+        camera_depth[0, 8 + 4, 16 + 4] = depth  # the patch centre
+        camera_depth[0, 8 + 3, 16 + 3] = depth + 10.0  # elsewhere in the patch: not read
+    weights = torch.full((1, D, fH, fW), 0.1 / D)
+    weights[0, truth_bin + offset, 1, 2] = 0.9
+    return {"depth_weights": weights, "depth_map": depth_map, "camera_depth": camera_depth}
+
+
+@pytest.mark.parametrize("lidar", [True, False])
+@pytest.mark.parametrize(("offset", "hit"), [(0, 1), (1, 1), (-1, 1), (2, 0), (-2, 0)])
+def test_depth_within_one_bin_on_a_known_pixel(lidar, offset, hit):
+    result = depth_accuracy(**_one_pixel_case(offset, lidar), config=R50)
+    region, other = (LIDAR, NO_LIDAR) if lidar else (NO_LIDAR, LIDAR)
+    assert result.pixels[region] == 1 and result.hits[region] == hit
+    assert result.pixels[other] == 0 and math.isnan(result.share(other))
+    assert result.share(region) == hit
+
+
+def test_depth_truth_and_bins():
+    case = _one_pixel_case(0, lidar=True)
+    truth, has_lidar = depth_truth(case["depth_map"], case["camera_depth"], R50)
+    assert truth.shape == (1, *R50.feature_size) and has_lidar.sum() == 1 and has_lidar[0, 1, 2]
+    lo, hi, step = R50.dbound
+    depths = torch.tensor([0.0, math.inf, math.nan, lo - 0.1, lo, lo + step, hi - 1e-3, hi + 1.0])
+    assert depth_bins(depths, R50).tolist() == [-1, -1, -1, -1, 0, 1, R50.depth_bins - 1, -1]
