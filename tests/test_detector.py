@@ -159,3 +159,37 @@ def test_depth_truth_and_bins():
     lo, hi, step = R50.dbound
     depths = torch.tensor([0.0, math.inf, math.nan, lo - 0.1, lo, lo + step, hi - 1e-3, hi + 1.0])
     assert depth_bins(depths, R50).tolist() == [-1, -1, -1, -1, 0, 1, R50.depth_bins - 1, -1]
+
+
+# --- the split to boxes -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_split_detector_boxes_equal_pytorchs(seeded, tmp_path):
+    """fp16 graphs (float, as upstream's --fp16 export) of a detector built from a weights file: ONNX Runtime →
+    bev_pool → ONNX Runtime → head graph → decode gives PyTorch's boxes."""
+    from bevnb.export import export_camera, export_head
+    from bevnb.pipeline import SplitDetector
+
+    path = trainer_file(seeded, tmp_path / "weights.pth")
+    obj = torch.load(path, weights_only=True)
+    for t in (0, 1):  # a prior below the score threshold: only cells the features lift become boxes
+        obj["state_dict"][f"heads.object.task_heads.{t}.heatmap.1.bias"].fill_(-3.0)
+    torch.save(obj, path)
+    detector = build_detector(path)
+    export_camera(detector.camera, tmp_path, "fp16", verbose=False)
+    export_head(detector.head, tmp_path, verbose=False)
+    sample = bevnb.make_sample("synthetic", seed=1001)
+    reference = detector.detect(sample)
+    result = SplitDetector(tmp_path)(sample)
+    found = result.detections
+    assert 0 < len(reference["boxes"]) == len(found["boxes"])
+    assert torch.equal(reference["labels"].sort().values, found["labels"].sort().values)
+    # match each reference box to the nearest found box of its class (scores that nearly tie may swap places)
+    for box, score, label in zip(reference["boxes"], reference["scores"], reference["labels"], strict=True):
+        same = found["labels"] == label
+        distance = (found["boxes"][same, :2] - box[:2]).norm(dim=1)
+        k = int(distance.argmin())
+        torch.testing.assert_close(found["boxes"][same][k], box, atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(found["scores"][same][k], score, atol=1e-4, rtol=1e-4)
+    assert {"head", "decode"} <= set(result.timings_ms) and "heatmap_0" in result.outputs

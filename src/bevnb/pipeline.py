@@ -1,9 +1,10 @@
-"""The split runtime: ONNX Runtime → bev_pool → ONNX Runtime (its proofs against PyTorch are in ``validation``).
+"""The split runtime: ONNX Runtime → bev_pool → ONNX Runtime (its proofs against PyTorch are in ``validation``), and
+after it the head graph and the decoding to boxes (``SplitDetector``).
 
 This is CUDA-BEVFusion's camera path in Python: ``camera-depth.cu`` (depth map from lidar points),
 ``camera-backbone.cu`` (TensorRT engine of camera.backbone.onnx), ``camera-bevpool.cu`` (the pooling kernel over a
 plan made once per calibration) and ``camera-vtransform.cu`` (TensorRT engine of camera.vtransform.onnx), each timed
-like upstream's stage timer.
+like upstream's stage timer; then ``head.bbox.onnx`` (the head's TensorRT engine) and the box decoding on the host.
 """
 
 from __future__ import annotations
@@ -20,7 +21,17 @@ from torch import Tensor
 from .bevpool import bev_pool, resolve_backend
 from .config import R50, CameraConfig
 from .geometry import depth_map, plan_bev_pool
-from .subclass import BACKBONE_FILE, BACKBONE_IO, VTRANSFORM_FILE, VTRANSFORM_IO, io_shapes
+from .model import SMALL_WIDTHS, BoxCoder, HeadConfig, decode
+from .subclass import (
+    BACKBONE_FILE,
+    BACKBONE_IO,
+    HEAD_FILE,
+    VTRANSFORM_FILE,
+    VTRANSFORM_IO,
+    head_io,
+    head_io_shapes,
+    io_shapes,
+)
 
 
 def onnx_providers() -> list[str]:
@@ -83,10 +94,12 @@ class OnnxGraph:
 
 @dataclass
 class SplitResult:
-    """What one split forward produced: every stage's output and its wall time in milliseconds."""
+    """What one split forward produced: every stage's output and its wall time in milliseconds; ``detections``
+    (``boxes [K, 9]``, ``scores [K]``, ``labels [K]``) when the head ran (``SplitDetector``)."""
 
     outputs: dict[str, Tensor]
     timings_ms: dict[str, float]
+    detections: dict[str, Tensor] | None = None
 
     @property
     def bev(self) -> Tensor:
@@ -138,6 +151,45 @@ class SplitCamera:
         out["bev"] = timed("bev_pool", bev_pool, depth_weights, features, plan.to(device), self.bev_pool_backend).cpu()
         (out["bev_downsampled"],) = timed("vtransform", self.vtransform, out["bev"])
         return SplitResult(out, timings)
+
+
+class SplitDetector:
+    """The deployed detector: ``SplitCamera`` (backbone graph → bev_pool → vtransform graph), then ``head.bbox.onnx``
+    and ``box_coder.decode`` on its maps, as CUDA-BEVFusion decodes on the host after the head's engine.
+
+    ``SplitDetector(onnx_dir, config=rig.config)(sample)`` → ``SplitResult`` whose ``outputs`` add the head's maps
+    by their graph names (``heatmap_0 [1, 1, X', Y']`` …) and whose ``detections`` are the boxes. ``head_dir`` is
+    where ``head.bbox.onnx`` lies (default ``onnx_dir``); its names and static shapes must be those of
+    ``subclass.head_io_shapes(config, head)``.
+    """
+
+    def __init__(
+        self,
+        onnx_dir: str | Path,
+        bev_pool_backend: str = "auto",
+        config: CameraConfig = R50,
+        head: HeadConfig = SMALL_WIDTHS,
+        head_dir: str | Path | None = None,
+        providers: list[str] | None = None,
+    ) -> None:
+        self.camera = SplitCamera(onnx_dir, bev_pool_backend, config, providers)
+        self.head = OnnxGraph(Path(head_dir or onnx_dir) / HEAD_FILE, providers)
+        _check_io(self.head, head_io(head), head_io_shapes(config, head))
+        self.head_config = head
+        self.coder = BoxCoder.for_config(config, head)
+
+    def __call__(self, sample: dict) -> SplitResult:
+        result = self.camera(sample)
+        start = time.perf_counter()
+        flat = self.head.outputs(result.bev)
+        result.timings_ms["head"] = (time.perf_counter() - start) * 1e3
+        start = time.perf_counter()
+        tasks = self.head_config.tasks
+        maps = [{name: flat[f"{name}_{t}"] for name, _ in self.head_config.heads(t)} for t in range(len(tasks))]
+        result.detections = decode(maps, self.coder)[0]
+        result.timings_ms["decode"] = (time.perf_counter() - start) * 1e3
+        result.outputs.update(flat)
+        return result
 
 
 def _check_io(
