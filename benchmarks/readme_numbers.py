@@ -1,6 +1,6 @@
 """Regenerate the README's "What was measured" table: every number in it, from one run of this script.
 
-    python benchmarks/readme_numbers.py            # measure, write results/readme_numbers-<device>.json, update README
+    python benchmarks/readme_numbers.py            # measure, write results/readme/cpu.json, update README
     python benchmarks/readme_numbers.py --no-readme
 
 The table goes between the README's ``<!-- readme-numbers:start -->`` and ``<!-- readme-numbers:end -->`` markers,
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     info["seconds"] = round(seconds, 1)
     table = markdown(rows, info)
     print(table)
-    out = ROOT / "benchmarks" / "results" / "readme_numbers-cpu.json"
+    out = ROOT / "benchmarks" / "results" / "readme" / "cpu.json"  # beside, not among, the bev_pool results
     out.write_text(json.dumps({"run": info, "rows": rows}, indent=1, ensure_ascii=False) + "\n")
     if not args.no_readme:
         update_readme(table)
