@@ -122,3 +122,17 @@ def test_chapters_run_on_another_checkpoint_and_the_five_camera_rig(clean_env, t
         for shape in shapes:
             assert shape in text, (name, shape)
     print(json.dumps({k: round(v, 1) for k, v in seconds.items()}))
+
+
+def test_frames_in_upstream_example_data_layout_feed_the_calibration(clean_env, tmp_path):
+    from test_data import _write_example_data
+
+    zeros = bevnb.make_sample("zeros")
+    for name in ("frame0", "frame1"):
+        (tmp_path / name).mkdir()
+        _write_example_data(tmp_path / name, zeros, torch.tensor([[10.0, 20.0, -1.5, 30.0, 0.0]]))
+    clean_env.setenv(inputs.ENV_FRAMES, str(tmp_path))
+    frames = inputs.current().frames
+    assert (frames.count, frames.synthetic) == (2, False) and f"from {tmp_path}/*" in str(frames)
+    pairs = list(frames)
+    assert len(pairs) == 2 and [list(t.shape) for t in pairs[0]] == [[1, 6, 3, 256, 704], [1, 6, 1, 256, 704]]
