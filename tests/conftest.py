@@ -3,10 +3,17 @@ exported graphs of the default rig and of the five-camera rig."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 import bevnb
+
+# The tests check the defaults: a user's BEVNB_CHECKPOINT / BEVNB_RIG / BEVNB_CALIBRATION_FRAMES (bevnb.inputs) are for
+# `make notebooks` and the CLI, not for them (tests/test_own_inputs.py sets them where it means to).
+for _name in ("BEVNB_CHECKPOINT", "BEVNB_RIG", "BEVNB_CALIBRATION_FRAMES"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session")
