@@ -193,3 +193,32 @@ def test_split_detector_boxes_equal_pytorchs(seeded, tmp_path):
         torch.testing.assert_close(found["boxes"][same][k], box, atol=1e-3, rtol=1e-3)
         torch.testing.assert_close(found["scores"][same][k], score, atol=1e-4, rtol=1e-4)
     assert {"head", "decode"} <= set(result.timings_ms) and "heatmap_0" in result.outputs
+
+
+# --- the chapter's helpers: the training log, the missing weights, the figures ---------------------------------
+
+
+def test_training_log_and_missing_files_fail_in_one_line(tmp_path):
+    from bevnb.evaluation import read_training_log, trained_detector
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1, "lr": 0.1, "heatmap": 3.0}\n\n{"step": 2, "lr": 0.2, "heatmap": 2.0}\n')
+    assert read_training_log(log)["heatmap"].tolist() == [3.0, 2.0]
+    for call, missing in ((read_training_log, tmp_path / "none.jsonl"), (trained_detector, tmp_path / "none.pth")):
+        with pytest.raises(FileNotFoundError) as err:
+            call(path=missing) if call is read_training_log else call(R50, missing)
+        assert "\n" not in str(err.value) and "training/train.py" in str(err.value)
+
+
+def test_detection_figures_draw_boxes_on_cameras_and_from_above(sample):
+    from bevnb import viz_detection
+
+    boxes = torch.nn.functional.pad(sample["gt_boxes"][0], (0, 2))
+    found = {"boxes": boxes, "scores": torch.linspace(1.0, 0.1, len(boxes)), "labels": sample["gt_labels"][0]}
+    mosaic = viz_detection.detections_mosaic(sample, found, min_score=0.5)
+    assert sum(len(ax.collections) for ax in mosaic.axes) > 6  # ground truth and predictions on several cameras
+    bev = viz_detection.detections_bev(sample, found, bev=torch.rand(1, 80, 180, 180))
+    assert len(bev.axes[0].patches) == len(boxes) + int((found["scores"] >= 0.3).sum())
+    log = {"step": torch.arange(1, 41).numpy(), "lr": torch.ones(40).numpy()}
+    log |= {name: torch.rand(40).numpy() + 1 for name in viz_detection.LOSSES}
+    assert len(viz_detection.training_curves(log).axes) == 4

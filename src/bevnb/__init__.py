@@ -33,7 +33,7 @@ Layering: modules import downward only, in this order (a test reads the imports 
     → sensitivity     where int8 hurts
     → export → pipeline → validation
     → toolchains      ModelOpt beside pytorch-quantization, onnxsim beside onnxslim
-    → viz, environment, chapters → cli
+    → viz → viz_detection (the detector's figures), environment, chapters → cli
 """
 
 import importlib

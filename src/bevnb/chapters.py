@@ -41,6 +41,8 @@ SUMMARIES = {  # chapter → what you build and see; chapter 00's table and the 
     "time; the pick",
     "11_int8_sensitivity": "each unit left in float alone, ranked by pooled-BEV SQNR; the shortest float set for a "
     "target, exported",
+    "12_a_camera_branch_that_sees": "the detection head after the camera BEV; training curves from the log; boxes on "
+    "the cameras and from above against ground truth; nuScenes mAP and depth on held-out scenes; `head.bbox.onnx`",
 }
 CHAPTERS = tuple(SUMMARIES)
 

@@ -17,11 +17,13 @@ Held-out scenes are those of seeds from ``quant.HELD_OUT_SEED`` (1000) on, below
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -30,11 +32,31 @@ from tqdm.auto import tqdm
 from .config import CLASS_NAMES, R50, CameraConfig
 from .data import make_sample
 from .detection import DetectionMetrics, evaluate
-from .model import Detector
+from .model import Detector, build_detector
+from .paths import TRAINED_WEIGHTS, TRAINING_LOG
 from .rig import Rig, as_rig
 from .tables import Table
 
 DEPTH_REGIONS = ("lidar in patch", "no lidar in patch")
+TRAIN_COMMAND = "python training/train.py"
+
+
+def trained_detector(config: CameraConfig = R50, path: str | Path = TRAINED_WEIGHTS) -> Detector:
+    """``build_detector`` of the shipped weights (``paths.TRAINED_WEIGHTS``) for ``config``; a missing file is one
+    ``FileNotFoundError`` line saying how to make it."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no trained weights here; train them with `{TRAIN_COMMAND}`")
+    return build_detector(path, config=config)
+
+
+def read_training_log(path: str | Path = TRAINING_LOG) -> dict[str, np.ndarray]:
+    """The trainer's ``log.jsonl`` (one JSON object per step: ``step``, ``lr``, ``seconds`` and the losses) as one
+    array ``[steps]`` per key; a missing or empty file is one ``FileNotFoundError`` line."""
+    path = Path(path)
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    if not rows:
+        raise FileNotFoundError(f"{path}: no training log here; `{TRAIN_COMMAND}` writes it")
+    return {key: np.array([row.get(key, np.nan) for row in rows], dtype=float) for key in rows[-1]}
 
 
 def depth_bins(depth: Tensor, config: CameraConfig = R50) -> Tensor:
@@ -122,25 +144,58 @@ class DetectorEvaluation:
         return Table(rows, [*base.columns, "GT boxes", "predicted"], title)
 
 
+class SceneScores:
+    """The running score of a detector over scenes: ``add(sample, seed)`` detects on one synthetic sample, records
+    its boxes, ground truth and depth hits, and returns what it computed, so a caller that also draws the scene runs
+    the model once; ``result()`` scores everything added so far."""
+
+    def __init__(self, detector: Detector) -> None:
+        self.detector = detector
+        self.predictions: list[dict[str, Tensor]] = []
+        self.truth: list[dict[str, Tensor]] = []
+        self.depth = DepthAccuracy()
+        self.seeds: list[int] = []
+
+    @torch.no_grad()
+    def add(self, sample: dict, seed: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Detect on ``sample`` (a synthetic sample of the detector's rig) and record it → ``(stages, detections)``:
+        ``CameraBranch.forward_stages``'s outputs and ``boxes [K, 9]``, ``scores [K]``, ``labels [K]``."""
+        stages = self.detector.camera.forward_stages(sample)
+        found = self.detector.decode(self.detector.head(stages["bev_downsampled"]))
+        self.predictions.append(found)
+        self.truth.append({"boxes": sample["gt_boxes"][0], "labels": sample["gt_labels"][0]})
+        camera_depth = sample["camera_depth"][0]
+        self.depth += depth_accuracy(
+            stages["depth_weights"], stages["depth_map"][0], camera_depth, self.detector.config
+        )
+        self.seeds.append(seed)
+        return stages, found
+
+    def result(self) -> DetectorEvaluation:
+        """The nuScenes metrics over all scenes added, the depth accuracy and the boxes counted per class."""
+        names = self.detector.head.config.class_names
+
+        def count(boxes: list[dict[str, Tensor]]) -> dict[str, int]:
+            return {name: sum(int((b["labels"] == CLASS_NAMES.index(name)).sum()) for b in boxes) for name in names}
+
+        metrics = evaluate(self.predictions, self.truth, names)
+        return DetectorEvaluation(metrics, self.depth, count(self.truth), count(self.predictions), list(self.seeds))
+
+
 def evaluate_detector(
-    detector: Detector, seeds: Iterable[int], rig: Rig | str | Path | None = None, progress: bool = True
+    detector: Detector,
+    seeds: Iterable[int],
+    rig: Rig | str | Path | None = None,
+    progress: bool = True,
+    scores: SceneScores | None = None,
 ) -> DetectorEvaluation:
     """Render the synthetic scene of each seed for ``rig`` (default: the nuScenes-like rig; its configuration must be
-    the detector's), detect, and score boxes and depth over all scenes (see the module docstring)."""
-    rig, seeds = as_rig(rig), list(seeds)
+    the detector's), detect, and score boxes and depth over all scenes (see the module docstring). ``scores``: scenes
+    already scored (``SceneScores.add``) to count in as well."""
+    rig = as_rig(rig)
     if rig.config != detector.config:
         raise ValueError(f"the detector was built for another configuration than the rig {rig.name!r}: pass its rig")
-    names = detector.head.config.class_names
-    predictions, truth, depth = [], [], DepthAccuracy()
-    for seed in tqdm(seeds, desc="held-out scenes", disable=not progress):
-        sample = make_sample("synthetic", seed=seed, rig=rig)
-        with torch.no_grad():
-            stages = detector.camera.forward_stages(sample)
-            predictions.append(detector.decode(detector.head(stages["bev_downsampled"])))
-        truth.append({"boxes": sample["gt_boxes"][0], "labels": sample["gt_labels"][0]})
-        depth += depth_accuracy(stages["depth_weights"], stages["depth_map"][0], sample["camera_depth"][0], rig.config)
-
-    def count(boxes: list[dict[str, Tensor]]) -> dict[str, int]:
-        return {name: sum(int((b["labels"] == CLASS_NAMES.index(name)).sum()) for b in boxes) for name in names}
-
-    return DetectorEvaluation(evaluate(predictions, truth, names), depth, count(truth), count(predictions), seeds)
+    scores = scores or SceneScores(detector)
+    for seed in tqdm(list(seeds), desc="held-out scenes", disable=not progress):
+        scores.add(make_sample("synthetic", seed=seed, rig=rig), seed)
+    return scores.result()

@@ -3,7 +3,8 @@
 * ``CHECKOUT``: the repository bevnb is imported from (``pip install -e .`` or ``PYTHONPATH=src``), recognised by the
   ``pyproject.toml`` naming bevnb two folders above the package; None for a regular (non-editable) install.
 * ``DATA_DIR``: the checkout's ``data/``; in a wheel the same files are package data, ``bevnb/_data``
-  (``pyproject.toml`` maps ``data/`` there).
+  (``pyproject.toml`` maps ``data/`` there). ``TRAINED_WEIGHTS`` and ``TRAINING_LOG`` are the shipped output of
+  ``training/train.py`` in it.
 * ``build_dir(...)``: everything generated goes under one root: ``$BEVNB_BUILD_DIR`` if set, else the checkout's
   ``build/``, else ``./build`` in the current working directory.
 """
@@ -27,6 +28,8 @@ def find_checkout(package_dir: Path = PACKAGE_DIR) -> Path | None:
 
 CHECKOUT = find_checkout()
 DATA_DIR = CHECKOUT / "data" if CHECKOUT else PACKAGE_DIR / "_data"
+TRAINED_WEIGHTS = DATA_DIR / "training" / "weights.pth"  # training/train.py's weights.pth, as shipped
+TRAINING_LOG = DATA_DIR / "training" / "log.jsonl"  # its loss log: one JSON line per optimizer step
 
 
 def build_root() -> Path:

@@ -149,6 +149,23 @@ def bev_image(ax: Axes, image: torch.Tensor, config: CameraConfig = R50, **imsho
     return shown
 
 
+GT_COLORS = {"car": "crimson", "pedestrian": "darkorange"}  # ground truth; predictions: PREDICTED_COLORS
+PREDICTED_COLORS = {"car": "deepskyblue", "pedestrian": "lime"}
+
+
+def bev_boxes(
+    ax: Axes, boxes: torch.Tensor, labels: torch.Tensor, colors: Mapping[str, str] = GT_COLORS, fill: bool = True
+) -> None:
+    """Boxes ``[K, ≥7]`` (lidar frame) from above in the BEV view: the footprint (filled, or outlined when not
+    ``fill``) and a line from the centre to the +dx face (the heading), coloured by class (``labels [K]``)."""
+    for corners, label in zip(box_corners(boxes[:, :7]), labels, strict=True):
+        color = colors.get(CLASS_NAMES[label], "gray")
+        style = {"fc": color, "alpha": 0.6} if fill else {"fc": "none"}
+        ax.fill(corners[:4, 0], corners[:4, 1], ec=color, lw=1.0, **style)
+        front = corners[[0, 3], :2].mean(0)  # the +dx face: the box's heading
+        ax.plot([corners[:4, 0].mean(), front[0]], [corners[:4, 1].mean(), front[1]], color=color, lw=1.0)
+
+
 def _frustum_outlines(sample: dict, config: CameraConfig) -> Tensor:
     """``[N, 2·D, 2]``: each camera's frustum seen from above (lidar x, y), near to far along its left edge, then far
     to near along its right edge, at the middle feature row (with level cameras every row has the same footprint)."""
@@ -180,11 +197,7 @@ def bev_plot(sample: dict, rig: Rig | str | Path | None = None, title: str | Non
     dots = ax.scatter(points[:, 0], points[:, 1], c=points[:, 2], s=0.3, cmap="viridis", vmin=-2.0, vmax=3.0)
     fig.colorbar(dots, ax=ax, shrink=0.7, label="point height z (m, lidar frame)")
     if "gt_boxes" in sample:
-        for corners, label in zip(box_corners(sample["gt_boxes"][0]), sample["gt_labels"][0], strict=True):
-            color = "crimson" if CLASS_NAMES[label] == "car" else "darkorange"
-            ax.fill(corners[:4, 0], corners[:4, 1], fc=color, ec=color, alpha=0.6, lw=1.0)
-            front = corners[[0, 3], :2].mean(0)  # the +dx face: the box's heading
-            ax.plot([corners[:4, 0].mean(), front[0]], [corners[:4, 1].mean(), front[1]], color=color, lw=1.0)
+        bev_boxes(ax, sample["gt_boxes"][0], sample["gt_labels"][0])
     (x0, x1, _), (y0, y1, _) = config.xbound, config.ybound
     _grid_outline(ax, config)
     ax.plot(0, 0, "k^", ms=6, label="lidar")
