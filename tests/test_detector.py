@@ -222,3 +222,31 @@ def test_detection_figures_draw_boxes_on_cameras_and_from_above(sample):
     log = {"step": torch.arange(1, 41).numpy(), "lr": torch.ones(40).numpy()}
     log |= {name: torch.rand(40).numpy() + 1 for name in viz_detection.LOSSES}
     assert len(viz_detection.training_curves(log).axes) == 4
+
+
+def test_evaluate_detector_refuses_another_rig(seeded, five_rig):
+    from bevnb.evaluation import evaluate_detector
+
+    with pytest.raises(ValueError, match="another configuration"):
+        evaluate_detector(seeded, [1000], rig=five_rig, progress=False)
+
+
+@pytest.mark.slow
+def test_evaluate_detector_on_one_held_out_scene(seeded, sample):
+    from bevnb.evaluation import SceneScores, evaluate_detector
+
+    scores = SceneScores(seeded)
+    stages, found = scores.add(sample, seed=0)  # a scene scored by hand counts in as well
+    result = evaluate_detector(seeded, [1000], progress=False, scores=scores)
+    assert result.seeds == [0, 1000] and stages["depth_weights"].shape == (6, 118, 32, 88)
+    assert result.ground_truth["car"] + result.ground_truth["pedestrian"] == len(sample["gt_boxes"][0]) + len(
+        bevnb.make_sample("synthetic", seed=1000)["gt_boxes"][0]
+    )
+    assert result.predicted["car"] + result.predicted["pedestrian"] >= len(found["boxes"])
+    table = result.table()
+    assert [row[0] for row in table.rows] == ["car", "pedestrian", "mean"] and table.columns[-2:] == [
+        "GT boxes",
+        "predicted",
+    ]
+    assert all(result.depth.pixels[region] > 0 for region in DEPTH_REGIONS)
+    assert 0 <= result.mean_ap <= 1
