@@ -27,7 +27,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .config import CLASS_NAMES, R50, CameraConfig
 from .data import make_sample
@@ -192,6 +191,8 @@ def evaluate_detector(
     """Render the synthetic scene of each seed for ``rig`` (default: the nuScenes-like rig; its configuration must be
     the detector's), detect, and score boxes and depth over all scenes (see the module docstring). ``scores``: scenes
     already scored (``SceneScores.add``) to count in as well."""
+    from tqdm import tqdm
+
     rig = as_rig(rig)
     if rig.config != detector.config:
         raise ValueError(f"the detector was built for another configuration than the rig {rig.name!r}: pass its rig")
