@@ -24,8 +24,8 @@ LOSSES = ("heatmap", "box", "depth")  # training/train.py's loss columns
 
 
 def training_curves(log: Mapping[str, np.ndarray], window: int = 25) -> Figure:
-    """The training log's losses (``log[name] [steps]``, ``LOSSES``) against ``log["step"]``, each step faint and its
-    running mean over ``window`` steps drawn over it (log scale), and the learning rate ``log["lr"]``."""
+    """The training log's losses (``log[name] [steps]``, ``LOSSES``) against ``log["step"]``, each step faint and the
+    mean over ``window`` steps centred on each step drawn over it (log scale), and the learning rate ``log["lr"]``."""
     names = [name for name in LOSSES if name in log]
     fig = Figure(figsize=(4.2 * (len(names) + 1), 3.6), layout="constrained")
     axes = fig.subplots(1, len(names) + 1)
@@ -35,7 +35,8 @@ def training_curves(log: Mapping[str, np.ndarray], window: int = 25) -> Figure:
         k = max(1, min(window, len(values)))
         mean = np.convolve(values, np.ones(k) / k, mode="valid")
         ax.plot(step, values, color="C0", alpha=0.25, lw=0.6, label="per step")
-        ax.plot(step[k - 1 :], mean, color="C0", lw=1.6, label=f"mean of {k} steps")
+        centre = (k - 1) // 2
+        ax.plot(step[centre : centre + len(mean)], mean, color="C0", lw=1.6, label=f"mean of {k} steps (centred)")
         ax.set(yscale="log", xlabel="step", title=f"{name} loss", ylabel="loss")
         ax.legend(fontsize=7)
     axes[-1].plot(step, log["lr"], color="C1")
