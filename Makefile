@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.bevnb-installed
 
-.PHONY: notebooks test lab lint clean
+.PHONY: notebooks test lab lint clean weights
 
 ## notebooks: execute every chapter headlessly; executed copies and artifacts go to build/
 notebooks: $(STAMP)
@@ -17,6 +17,12 @@ test: $(STAMP)
 ## lab: open the chapters in JupyterLab
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks
+
+## weights: train the shipped weights on the synthetic street (resumable: run it again after a stop), ship and score them
+weights: $(STAMP)
+	$(BIN)/python training/train.py --out build/training
+	mkdir -p data/training && cp build/training/weights.pth build/training/log.jsonl data/training/
+	$(BIN)/python training/evaluate.py --weights data/training/weights.pth
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks notebooks

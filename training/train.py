@@ -1,6 +1,6 @@
 """Train the camera branch's neck and view transform and the detection head on the synthetic street.
 
-    python training/train.py [--minutes 80] [--scenes 96] [--out build/training]     (or: make weights)
+    python training/train.py [--steps 300] [--scenes 48] [--out build/training]     (or: make weights)
 
 What is trained, and why (the numbers behind it are in the README and the training chapter):
 
@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 import bevnb
 from bevnb.bevpool.reference import bev_pool_reference
+from bevnb.evaluation import depth_bins, nearest_lidar_depth
 from bevnb.geometry import BevPoolPlan, depth_map, plan_bev_pool
 from bevnb.model.box_coder import BOX_TARGET_NAMES, BoxCoder, centerhead_loss, encode_targets
 from bevnb.model.head import SMALL_WIDTHS, build_head
@@ -49,16 +50,6 @@ from bevnb.model.vtransform import DERIVED_BUFFERS
 TRAIN_SEED = 100_000  # training scenes are TRAIN_SEED, TRAIN_SEED + 1, …
 BACKBONE_SEED = 0  # the seeded backbone the weights are trained on (and regenerated from)
 DEPTH_WEIGHT = 1.0
-
-
-def depth_targets(depth: Tensor, config: bevnb.CameraConfig) -> Tensor:
-    """``depth [N, 1, iH, iW]`` (metres, 0 = no point) → ``[N, fH, fW]`` int64: the bin of the nearest lidar depth in
-    each feature pixel's 8×8 patch, −1 where no point falls (or it is outside the bins)."""
-    lo, _, step = config.dbound
-    nearest = -F.max_pool2d(-torch.where(depth > 0, depth, torch.full_like(depth, math.inf)), 8)[:, 0]
-    bins = ((nearest - lo) / step).floor()
-    valid = torch.isfinite(nearest) & (bins >= 0) & (bins < config.depth_bins)
-    return torch.where(valid, bins, torch.full_like(bins, -1)).long()
 
 
 class Trainee(nn.Module):
@@ -121,7 +112,7 @@ def losses(
     depth_weights, outputs = trainee(record["neck"].float(), record["depth"], plan, flip)
     targets = encode_targets(flip_boxes(record["boxes"], flip), record["labels"], coder)
     head = centerhead_loss(outputs, [targets])
-    bins = depth_targets(record["depth"], config)
+    bins = depth_bins(nearest_lidar_depth(record["depth"], config), config)  # −1 where no point falls
     valid = bins >= 0
     log_p = depth_weights.clamp_min(1e-8).log().permute(0, 2, 3, 1)[valid]
     depth = F.nll_loss(log_p, bins[valid]) if valid.any() else depth_weights.new_zeros(())
@@ -141,12 +132,12 @@ def lr_at(step: int, steps: int, base: float, warmup: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("build/training"))
-    p.add_argument("--scenes", type=int, default=96, help="training scenes (rendered and cached once)")
-    p.add_argument("--steps", type=int, default=3000, help="optimizer steps (one scene each)")
+    p.add_argument("--scenes", type=int, default=48, help="training scenes (rendered and cached once)")
+    p.add_argument("--steps", type=int, default=300, help="optimizer steps (one scene each)")
     p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this many minutes")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--save-every", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)

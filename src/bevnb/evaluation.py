@@ -67,13 +67,20 @@ def depth_bins(depth: Tensor, config: CameraConfig = R50) -> Tensor:
     return torch.where(valid, bins, torch.full_like(bins, -1)).long()
 
 
+def nearest_lidar_depth(depth_map: Tensor, config: CameraConfig = R50) -> Tensor:
+    """The lidar depth map ``[N, 1, iH, iW]`` (m, 0 = no point) → ``[N, fH, fW]``: the nearest depth in each feature
+    pixel's patch (8×8 for a stride-8 feature map), inf where no point falls (the lidar supervision of training)."""
+    patch = config.image_size[0] // config.feature_size[0]
+    far = torch.where(depth_map > 0, depth_map, torch.full_like(depth_map, math.inf))
+    return -F.max_pool2d(-far, patch)[:, 0]
+
+
 def depth_truth(depth_map: Tensor, camera_depth: Tensor, config: CameraConfig = R50) -> tuple[Tensor, Tensor]:
     """The true depth of each feature pixel, from the lidar depth map ``[N, 1, iH, iW]`` (m, 0 = no point) and the
     renderer's ``camera_depth [N, iH, iW]`` (m) → ``(depth [N, fH, fW] (m), has_lidar [N, fH, fW] bool)``: the
     nearest lidar depth in the pixel's patch where one falls, else ``camera_depth`` at the patch centre."""
     patch = config.image_size[0] // config.feature_size[0]
-    far = torch.where(depth_map > 0, depth_map, torch.full_like(depth_map, math.inf))
-    nearest = -F.max_pool2d(-far, patch)[:, 0]
+    nearest = nearest_lidar_depth(depth_map, config)
     centre = camera_depth[:, patch // 2 :: patch, patch // 2 :: patch][:, : nearest.shape[1], : nearest.shape[2]]
     has_lidar = torch.isfinite(nearest)
     return torch.where(has_lidar, nearest, centre.to(nearest)), has_lidar
