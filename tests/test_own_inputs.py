@@ -136,3 +136,16 @@ def test_frames_in_upstream_example_data_layout_feed_the_calibration(clean_env, 
     assert (frames.count, frames.synthetic) == (2, False) and f"from {tmp_path}/*" in str(frames)
     pairs = list(frames)
     assert len(pairs) == 2 and [list(t.shape) for t in pairs[0]] == [[1, 6, 3, 256, 704], [1, 6, 1, 256, 704]]
+
+
+@pytest.mark.slow
+def test_int8_export_for_another_rig_calibrates_on_that_rig(clean_env, tmp_path, capsys):
+    """The bug this replaces: ``bevnb export --precision int8 --rig …`` calibrated on the default rig's scenes."""
+    from bevnb.cli import main
+
+    out = tmp_path / "onnx"
+    argv = ["export", "--precision", "int8", "--rig", str(FIVE_CAMERA_RIG_PATH), "--calibration-frames", "1"]
+    assert main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "calibrated (mse) on 1 synthetic scene of rig five_camera_rig (seed 0, rendered)" in printed
+    assert "5 cameras, input 384×1056" in printed and (out / "camera.backbone.onnx").is_file()
