@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True)  # repeatable: the same weights from the same command
 
     camera = bevnb.build_camera_model(seed=BACKBONE_SEED)
     head = build_head(SMALL_WIDTHS, seed=BACKBONE_SEED, bev_size=camera.config.out_bev_size)
