@@ -14,7 +14,7 @@ from bevnb.config import R50
 from bevnb.evaluation import DEPTH_REGIONS, depth_accuracy, depth_bins, depth_truth
 from bevnb.model import CheckpointError, Detector, build_detector
 from bevnb.model.camera import DERIVED_KEYS
-from bevnb.paths import TRAINED_WEIGHTS
+from bevnb.paths import TRAINING_EVALUATION
 
 LIDAR, NO_LIDAR = DEPTH_REGIONS
 
@@ -241,7 +241,7 @@ def test_the_shipped_weights_reproduce_their_recorded_scores():
     a peak near the score threshold may come or go)."""
     from bevnb.evaluation import evaluate_detector, trained_detector
 
-    recorded = json.loads(TRAINED_WEIGHTS.with_name("evaluation.json").read_text())["subset"]
+    recorded = json.loads(TRAINING_EVALUATION.read_text())["subset"]
     result = evaluate_detector(trained_detector(), recorded["seeds"], progress=False)
     assert result.seeds == recorded["seeds"]
     assert result.ground_truth == recorded["ground_truth_boxes"]
@@ -257,3 +257,18 @@ def test_the_shipped_weights_reproduce_their_recorded_scores():
     table = result.table()
     assert [row[0] for row in table.rows] == ["car", "pedestrian", "mean"]
     assert table.columns[-2:] == ["GT boxes", "predicted"]
+
+
+def test_the_recorded_evaluation_reads_back_as_it_was_written():
+    """``evaluation.json`` ↔ ``DetectorEvaluation``: ``from_json`` then ``to_json`` is the record again, and the
+    tables chapter 12 shows come from it."""
+    from bevnb.evaluation import DetectorEvaluation, recorded_evaluation
+
+    record = json.loads(TRAINING_EVALUATION.read_text())
+    for part in ("all", "subset"):
+        assert DetectorEvaluation.from_json(record[part]).to_json() == record[part]
+    recorded = recorded_evaluation()
+    assert recorded.seeds == record["all"]["seeds"] and len(recorded.seeds) >= 20
+    assert recorded.table().title == f"nuScenes detection metrics on {len(recorded.seeds)} held-out scenes"
+    with pytest.raises(FileNotFoundError, match="no recorded evaluation here"):
+        recorded_evaluation(path=TRAINING_EVALUATION.with_name("absent.json"))

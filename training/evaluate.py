@@ -20,29 +20,9 @@ from pathlib import Path
 import torch
 
 from bevnb import quant
-from bevnb.evaluation import DetectorEvaluation, SceneScores, evaluate_detector
+from bevnb.evaluation import SceneScores, evaluate_detector
 from bevnb.model import build_detector
-from bevnb.paths import TRAINED_WEIGHTS
-
-
-def summary(evaluation: DetectorEvaluation) -> dict:
-    """An evaluation as plain JSON: per class AP per threshold and the TP errors, mAP, counts, depth shares."""
-    classes = {
-        name: {"ap": {str(th): ap for th, ap in m.ap.items()}, "ate": m.ate, "ase": m.ase, "aoe": m.aoe}
-        for name, m in evaluation.metrics.classes.items()
-    }
-    depth = {
-        region: {"hits": evaluation.depth.hits[region], "pixels": evaluation.depth.pixels[region]}
-        for region in evaluation.depth.hits
-    }
-    return {
-        "seeds": evaluation.seeds,
-        "mAP": evaluation.mean_ap,
-        "classes": classes,
-        "ground_truth_boxes": evaluation.ground_truth,
-        "predicted_boxes": evaluation.predicted,
-        "depth_within_one_bin": depth,
-    }
+from bevnb.paths import TRAINED_WEIGHTS, TRAINING_EVALUATION
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,16 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     seeds = range(quant.HELD_OUT_SEED, quant.HELD_OUT_SEED + args.scenes)
     scores = SceneScores(detector)
-    subset = summary(evaluate_detector(detector, seeds[: args.subset], scores=scores))  # before more are added
+    subset = evaluate_detector(detector, seeds[: args.subset], scores=scores).to_json()  # before more are added
     everything = evaluate_detector(detector, seeds[args.subset :], scores=scores)
     record = {
         "weights": args.weights.name,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "seconds": round(time.monotonic() - start, 1),
-        "all": summary(everything),
+        "all": everything.to_json(),
         "subset": subset,
     }
-    out = args.weights.with_name("evaluation.json")
+    out = args.weights.with_name(TRAINING_EVALUATION.name)
     out.write_text(json.dumps(record, indent=1) + "\n")
     print(everything.table())
     print(everything.depth.table())

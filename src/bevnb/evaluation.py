@@ -30,14 +30,15 @@ from torch import Tensor
 
 from .config import CLASS_NAMES, R50, CameraConfig
 from .data import make_sample
-from .detection import DetectionMetrics, evaluate
+from .detection import ClassMetrics, DetectionMetrics, evaluate
 from .model import Detector, build_detector
-from .paths import TRAINED_WEIGHTS, TRAINING_LOG
+from .paths import TRAINED_WEIGHTS, TRAINING_EVALUATION, TRAINING_LOG
 from .rig import Rig, as_rig
 from .tables import Table
 
 DEPTH_REGIONS = ("lidar in patch", "no lidar in patch")
 TRAIN_COMMAND = "python training/train.py"
+EVALUATE_COMMAND = "python training/evaluate.py"
 
 
 def trained_detector(config: CameraConfig = R50, path: str | Path = TRAINED_WEIGHTS) -> Detector:
@@ -46,6 +47,15 @@ def trained_detector(config: CameraConfig = R50, path: str | Path = TRAINED_WEIG
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no trained weights here; train them with `{TRAIN_COMMAND}`")
     return build_detector(path, config=config)
+
+
+def recorded_evaluation(part: str = "all", path: str | Path = TRAINING_EVALUATION) -> DetectorEvaluation:
+    """What ``training/evaluate.py`` measured for the shipped weights (``evaluation.json``): ``"all"`` its held-out
+    scenes, ``"subset"`` the first few alone (those chapter 12 evaluates live)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no recorded evaluation here; score the weights with `{EVALUATE_COMMAND}`")
+    return DetectorEvaluation.from_json(json.loads(path.read_text())[part])
 
 
 def read_training_log(path: str | Path = TRAINING_LOG) -> dict[str, np.ndarray]:
@@ -139,6 +149,40 @@ class DetectorEvaluation:
     def mean_ap(self) -> float:
         """mAP over the classes."""
         return self.metrics.mean_ap
+
+    def to_json(self) -> dict:
+        """As plain JSON (what ``training/evaluate.py`` records): seeds, mAP, per class AP by threshold and the TP
+        errors, box counts, depth hits and pixels per region."""
+        classes = {
+            name: {"ap": {str(th): ap for th, ap in m.ap.items()}, "ate": m.ate, "ase": m.ase, "aoe": m.aoe}
+            for name, m in self.metrics.classes.items()
+        }
+        depth = {
+            region: {"hits": self.depth.hits[region], "pixels": self.depth.pixels[region]} for region in DEPTH_REGIONS
+        }
+        return {
+            "seeds": self.seeds,
+            "mAP": self.mean_ap,
+            "classes": classes,
+            "ground_truth_boxes": self.ground_truth,
+            "predicted_boxes": self.predicted,
+            "depth_within_one_bin": depth,
+        }
+
+    @classmethod
+    def from_json(cls, record: dict) -> DetectorEvaluation:
+        """The inverse of ``to_json``."""
+        metrics = DetectionMetrics(
+            {
+                name: ClassMetrics({float(th): ap for th, ap in m["ap"].items()}, m["ate"], m["ase"], m["aoe"])
+                for name, m in record["classes"].items()
+            }
+        )
+        regions = record["depth_within_one_bin"]
+        depth = DepthAccuracy(
+            {r: regions[r]["hits"] for r in DEPTH_REGIONS}, {r: regions[r]["pixels"] for r in DEPTH_REGIONS}
+        )
+        return cls(metrics, depth, record["ground_truth_boxes"], record["predicted_boxes"], record["seeds"])
 
     def table(self) -> Table:
         """The nuScenes table (``DetectionMetrics.table``) with the boxes counted per class."""

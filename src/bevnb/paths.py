@@ -30,6 +30,7 @@ CHECKOUT = find_checkout()
 DATA_DIR = CHECKOUT / "data" if CHECKOUT else PACKAGE_DIR / "_data"
 TRAINED_WEIGHTS = DATA_DIR / "training" / "weights.pth"  # training/train.py's weights.pth, as shipped
 TRAINING_LOG = DATA_DIR / "training" / "log.jsonl"  # its loss log: one JSON line per optimizer step
+TRAINING_EVALUATION = DATA_DIR / "training" / "evaluation.json"  # training/evaluate.py's scores of the weights
 
 
 def build_root() -> Path:
