@@ -179,20 +179,12 @@ def test_the_containers_carry_their_payload_to_torch(hostile):
         marker.unlink()
 
 
+@pytest.mark.parametrize("reader", [read_checkpoint, build_detector], ids=["read_checkpoint", "build_detector"])
 @pytest.mark.parametrize(("container", "payload"), CASES)
-def test_hostile_checkpoint_runs_nothing_and_fails_in_one_line(hostile, container, payload):
+def test_hostile_checkpoint_runs_nothing_and_fails_in_one_line(hostile, container, payload, reader):
     path, marker = hostile(container, payload)
     with pytest.raises(CheckpointError) as err:
-        read_checkpoint(path)
-    assert not marker.exists()
-    assert "\n" not in str(err.value) and str(err.value).startswith(str(path))
-
-
-@pytest.mark.parametrize(("container", "payload"), CASES)
-def test_hostile_detector_file_runs_nothing_and_fails_in_one_line(hostile, container, payload):
-    path, marker = hostile(container, payload)
-    with pytest.raises(CheckpointError) as err:
-        build_detector(path)
+        reader(path)
     assert not marker.exists()
     assert "\n" not in str(err.value) and str(err.value).startswith(str(path))
 

@@ -16,6 +16,7 @@ from .checkpoint import CameraCheckpoint, load_camera_state, read_checkpoint
 from .fold import fold_batchnorm
 from .neck import GeneralizedLSSFPN
 from .resnet import Bottleneck, ResNet50
+from .seeded import estimating_batchnorm_statistics, kaiming_init
 from .vtransform import DERIVED_BUFFERS, DepthLSSTransform
 
 
@@ -128,13 +129,7 @@ def init_default_weights(model: CameraBranch, seed: int = 0) -> None:
     statistics inputs have R50's sizes whatever the configuration, so every rig gets the same weights.
     """
     g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu", generator=g)
-            if m.bias is not None:
-                m.bias.zero_()
-        elif isinstance(m, nn.BatchNorm2d):
-            m.reset_parameters()
+    kaiming_init(model, g)
     # Residual branches start small (bn3 γ = 0.2, in the spirit of zero-init-residual, Goyal et al. 2017). With
     # γ = 1 every bottleneck adds a fresh unit-size random function and the net turns chaotic: a small input
     # perturbation grows through the 16 blocks, and no fp16 or int8 comparison would mean anything.
@@ -153,16 +148,9 @@ def init_default_weights(model: CameraBranch, seed: int = 0) -> None:
     depth = torch.where(sparse, 1.0 + 59.0 * torch.rand(2, 1, iH, iW, generator=g), torch.zeros(()))
     X, Y = R50.bev_size
     bev = torch.relu(torch.randn(1, cfg.bev_channels, X // 2, Y // 2, generator=g)) * 3.0
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for bn in bns:
-        bn.train()
-        bn.momentum = None  # cumulative average: after one batch, running stats = that batch's stats
-    model.vtransform.depth_and_features(model.image_features(img[None]), depth)
-    model.vtransform.downsample(bev)
-    for bn in bns:
-        bn.momentum = 0.1
-        bn.num_batches_tracked.zero_()
-    model.eval()
+    with estimating_batchnorm_statistics(model):
+        model.vtransform.depth_and_features(model.image_features(img[None]), depth)
+        model.vtransform.downsample(bev)
 
 
 def _multiscale_noise(shape: tuple[int, ...], g: torch.Generator) -> Tensor:

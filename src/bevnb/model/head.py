@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .neck import ConvModule
+from .seeded import estimating_batchnorm_statistics, kaiming_init
 from .vtransform import conv_bn_relu
 
 Stage = tuple[int, int, int]  # (num_blocks, out_channels, stride), as GeneralizedResNet's ``blocks``
@@ -256,25 +257,12 @@ def init_default_weights(head: DetectionHead, seed: int = 0, bev_size: tuple[int
     random BEV ``[1, C_in, X, Y]`` (half-rectified Gaussian noise, like a BEV after ReLU), so that each normalises
     its input to about N(0, 1). Same seed and sizes, same weights."""
     g = torch.Generator().manual_seed(seed)
-    for m in head.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu", generator=g)
-            if m.bias is not None:
-                m.bias.zero_()
-        elif isinstance(m, nn.BatchNorm2d):
-            m.reset_parameters()
+    kaiming_init(head, g)
     for task in head.heads["object"].task_heads:
         task.heatmap[-1].bias.fill_(HEATMAP_BIAS)
     bev = torch.relu(torch.randn(1, head.config.in_channels, *bev_size, generator=g))
-    bns = [m for m in head.modules() if isinstance(m, nn.BatchNorm2d)]
-    head.train()
-    for bn in bns:
-        bn.momentum = None  # cumulative average: after one batch, running stats = that batch's stats
-    head(bev)
-    for bn in bns:
-        bn.momentum = 0.1
-        bn.num_batches_tracked.zero_()
-    head.eval()
+    with estimating_batchnorm_statistics(head):
+        head(bev)
 
 
 def select_tasks(
