@@ -66,7 +66,7 @@ def read_checkpoint(path: str | Path) -> CameraCheckpoint:
         obj = _restricted_load(path)
         return _from_module_pickle(path, obj)
     except Exception as exc:  # truncated zip, text, random bytes: torch raises many types; all mean "bad file"
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_error_summary(exc)})") from None
+        raise unreadable_checkpoint(path, exc) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         return _from_flat(path, "mit", obj["state_dict"])
     if isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values()):
@@ -241,7 +241,7 @@ def _restricted_load(path: Path) -> object:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickle)
     except Exception as exc:  # any failure of a foreign pickle is a bad file, never a crash
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_error_summary(exc)})") from None
+        raise unreadable_checkpoint(path, exc) from None
 
 
 def _module_tensors(root: object) -> dict[str, Tensor]:
@@ -275,6 +275,12 @@ def _from_module_pickle(path: Path, obj: object) -> CameraCheckpoint:
         found = getattr(obj, "qualified_name", type(obj).__name__)
         raise CheckpointError(f"{path}: a pickled {found} without camera weights (no {CAMERA_PREFIX}* module)")
     return _from_flat(path, "ptq", camera)
+
+
+def unreadable_checkpoint(path: Path, exc: BaseException) -> CheckpointError:
+    """The one-line error for a file torch cannot read (truncated zip, text, random bytes, a refused pickle …):
+    torch raises many types, and all of them mean a bad file."""
+    return CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_error_summary(exc)})")
 
 
 def _error_summary(exc: BaseException) -> str:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ..config import R50, CameraConfig
 from .box_coder import BoxCoder, decode
 from .camera import DERIVED_KEYS, CameraBranch, build_camera_model
-from .checkpoint import CAMERA_PREFIX, CheckpointError, _error_summary, load_camera_state
+from .checkpoint import CAMERA_PREFIX, CheckpointError, load_camera_state, unreadable_checkpoint
 from .head import SMALL_WIDTHS, DetectionHead, HeadConfig, build_head
 
 DETECTOR_PREFIXES = (CAMERA_PREFIX, "decoder.", "heads.object.")
@@ -133,7 +133,7 @@ def _read_detector_file(path: Path) -> tuple[dict[str, Tensor], int | None]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # hostile pickle, truncated zip, text: torch raises many types; all mean "bad file"
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_error_summary(exc)})") from None
+        raise unreadable_checkpoint(path, exc) from None
     if not (isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict)):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a {{'state_dict': …}} detector checkpoint")
     state = {k: v for k, v in obj["state_dict"].items() if isinstance(k, str) and k.startswith(DETECTOR_PREFIXES)}
