@@ -93,16 +93,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown chapter(s): {', '.join(unknown)}; chapters are {', '.join(CHAPTERS)}", file=sys.stderr)
         return 2
     out_dir = args.out or build_dir("notebooks")
-    failed = []
+    failed, width = [], max(map(len, names))
     for name in names:
         try:
             seconds = execute(name, out_dir)
         except Exception as exc:  # report and go on: one broken chapter should not hide the others
-            print(f"{name:24s} FAILED: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}")
+            print(f"{name:{width}s} FAILED: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}")
             failed.append(name)
             continue
         flag = "" if seconds <= BUDGET_S else f"  over the {BUDGET_S:.0f} s budget"
-        print(f"{name:24s} {seconds:6.1f} s{flag}", flush=True)
+        print(f"{name:{width}s} {seconds:6.1f} s{flag}", flush=True)
     print(f"executed copies in {out_dir}")
     return 1 if failed else 0
 
