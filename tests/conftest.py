@@ -1,5 +1,6 @@
-"""Shared fixtures: one default model, one synthetic sample, and its stage outputs, built once per session; the
-exported graphs of the default rig and of the five-camera rig."""
+"""Shared fixtures, built once per session: the seeded init (``model``) and its stage outputs on one synthetic
+sample; the chapters' and the CLI's default model (``trained``: the shipped trained weights) and the graphs exported
+from it for the default rig and for the five-camera rig."""
 
 from __future__ import annotations
 
@@ -18,7 +19,14 @@ for _name in ("BEVNB_CHECKPOINT", "BEVNB_RIG", "BEVNB_CALIBRATION_FRAMES"):
 
 @pytest.fixture(scope="session")
 def model() -> bevnb.CameraBranch:
+    """The untrained seeded init (seed 0): what the bit-for-bit tests against upstream's code and the digests use."""
     return bevnb.build_camera_model(seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained() -> bevnb.CameraBranch:
+    """The default model of the chapters and the CLI: the shipped trained weights (``inputs.current().model()``)."""
+    return bevnb.inputs.current().model()
 
 
 @pytest.fixture(scope="session")
@@ -36,8 +44,9 @@ def stages(model, sample) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="session")
 def onnx_dirs():
-    """``onnx_dirs(precision)`` → ``build/onnx/<precision>`` with both graphs of the default model, shared with the
-    chapters (``ensure_exported`` exports only when missing or stale; int8 reuses chapter 04's calibration)."""
+    """``onnx_dirs(precision)`` → ``build/onnx/<precision>`` with both graphs of the default (``trained``) model,
+    shared with the chapters (``ensure_exported`` exports only when missing or stale; int8 reuses chapter 04's
+    calibration)."""
     from bevnb.validation import ensure_exported
 
     made: dict[str, object] = {}
@@ -60,7 +69,7 @@ def five_rig():
 
 @pytest.fixture(scope="session")
 def five_onnx(five_rig):
-    """The fp16 graphs of the default weights for the five-camera rig, shared with chapter 08."""
+    """The fp16 graphs of the default (trained) weights for the five-camera rig, shared with chapter 08."""
     from bevnb.validation import ensure_exported
 
     return ensure_exported("fp16", verbose=False, config=five_rig.config)

@@ -11,6 +11,7 @@ import torch
 
 import bevnb
 from bevnb import inputs
+from bevnb.paths import TRAINED_WEIGHTS
 from bevnb.rig import FIVE_CAMERA_RIG_PATH, RIG_PATH
 
 
@@ -23,10 +24,19 @@ def clean_env(monkeypatch):
 
 def test_defaults_without_environment(clean_env):
     chosen = inputs.current()
-    assert chosen.checkpoint is None
+    assert chosen.checkpoint == TRAINED_WEIGHTS and chosen.trained
     assert chosen.rig_path.resolve() == RIG_PATH.resolve() and chosen.rig.config == bevnb.R50
     assert (chosen.frames.count, chosen.frames.synthetic) == (inputs.DEFAULT_CALIB_SAMPLES, True)
-    assert "seeded default weights" in chosen.describe()
+    assert "(the shipped trained weights)" in chosen.describe()
+
+
+def test_seeded_names_the_untrained_init(clean_env):
+    clean_env.setenv(inputs.ENV_CHECKPOINT, inputs.SEEDED)
+    chosen = inputs.current()
+    assert chosen.checkpoint is None and not chosen.trained
+    assert "untrained seeded init (seed 0)" in chosen.describe()
+    seeded = bevnb.build_camera_model(seed=0)
+    assert all(torch.equal(v, seeded.state_dict()[k]) for k, v in chosen.model().state_dict().items())
 
 
 def test_environment_chooses_checkpoint_rig_and_frames(clean_env, tmp_path):

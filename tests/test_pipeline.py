@@ -16,8 +16,8 @@ def fp16_split(onnx_dirs):
     return SplitCamera(onnx_dirs("fp16"), bev_pool_backend="triton")
 
 
-def test_fp16_split_equals_pytorch_stage_by_stage(model, onnx_dirs, sample):
-    result = validate(model, {"fp16": SplitCamera(onnx_dirs("fp16"), "triton")}, {"synthetic": sample})
+def test_fp16_split_equals_pytorch_stage_by_stage(trained, onnx_dirs, sample):
+    result = validate(trained, {"fp16": SplitCamera(onnx_dirs("fp16"), "triton")}, {"synthetic": sample})
     assert result.ok, result.failures
     errors = {row[2]: float(row[5]) for row in result.rows}
     assert errors["camera depth"] == 0.0  # the same function on both sides
@@ -35,8 +35,8 @@ def test_fp16_split_equals_pytorch_stage_by_stage(model, onnx_dirs, sample):
 
 
 @pytest.mark.slow
-def test_int8_split_stays_close_to_fp32(model, onnx_dirs, sample):
-    result = validate(model, {"int8": SplitCamera(onnx_dirs("int8"), "torch")}, {"synthetic": sample})
+def test_int8_split_stays_close_to_fp32(trained, onnx_dirs, sample):
+    result = validate(trained, {"int8": SplitCamera(onnx_dirs("int8"), "torch")}, {"synthetic": sample})
     assert result.ok, result.failures
     final = next(row for row in result.rows if row[2] == "vtransform (final)")
     assert float(final[6]) >= INT8_MIN_COSINE

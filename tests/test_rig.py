@@ -36,10 +36,10 @@ def five_sample(five_rig) -> dict:
 
 
 @pytest.fixture(scope="module")
-def r50_checkpoint(model, tmp_path_factory):
-    """The default weights, saved as a plain state dict: a checkpoint made for the 256×704, 360×360 rig."""
+def r50_checkpoint(trained, tmp_path_factory):
+    """The default (trained) weights, saved as a plain state dict: a checkpoint made for the 256×704, 360×360 rig."""
     path = tmp_path_factory.mktemp("ckpt") / "r50.pth"
-    torch.save(model.state_dict(), path)
+    torch.save(trained.state_dict(), path)
     return path
 
 

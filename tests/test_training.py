@@ -1,4 +1,4 @@
-"""training/train.py: the losses' parts, the flips, and a run that stops and resumes into the same weights."""
+"""training/train.py: why it does not flip, and a run that stops and resumes into the same weights."""
 
 from __future__ import annotations
 
@@ -25,14 +25,16 @@ def train():
     return module
 
 
-def test_flipping_the_boxes_mirrors_centre_and_heading(train):
-    boxes = torch.tensor([[3.0, 10.0, -1.8, 4.5, 1.9, 1.6, 0.3]])
-    both = train.flip_boxes(boxes, (True, True))
-    assert both[0, :2].tolist() == [-3.0, -10.0]
-    heading = torch.tensor([math.cos(0.3), math.sin(0.3)])
-    flipped = torch.tensor([math.cos(both[0, 6].item()), math.sin(both[0, 6].item())])
-    assert torch.allclose(flipped, -heading, atol=1e-6)  # mirrored in x and y: the heading turns round
-    assert torch.equal(train.flip_boxes(boxes, (False, False)), boxes)
+def test_a_cars_lane_gives_its_heading_so_training_does_not_flip(train):
+    """Why train.py does not flip the BEV: in the synthetic street a car's heading follows its lane (−y left of the
+    ego car, +y in the other two lanes), a rule a flip along x or y would invert."""
+    from bevnb.scene import LANE_WIDTH, random_scene
+
+    for seed in range(train.TRAIN_SEED, train.TRAIN_SEED + 4):
+        scene = random_scene(seed)
+        cars = scene.boxes[scene.labels == 0]
+        expected = torch.where(cars[:, 0] < -LANE_WIDTH / 2, -math.pi / 2, math.pi / 2)  # the left lane
+        assert len(cars) > 0 and (cars[:, 6] - expected).abs().max() < math.radians(4.0) + 1e-6
 
 
 @pytest.mark.slow

@@ -13,8 +13,9 @@
 grid, so the graphs' static shapes and the plan follow it. ``--checkpoint`` names the weights, ``--calibration-frames``
 what int8 calibrates on (a number of the rig's synthetic scenes, or an example-data folder or a folder of them).
 Unset, each falls back to its environment variable, ``BEVNB_RIG``, ``BEVNB_CHECKPOINT``, ``BEVNB_CALIBRATION_FRAMES``
-(``bevnb.inputs``), then to the default; every command that builds a model prints which it runs on. Every command
-exits 2 with a one-line reason on bad input; ``validate`` exits 1 when a tolerance is broken.
+(``bevnb.inputs``), then to the default (the shipped trained weights; ``--checkpoint seeded``: the untrained init);
+every command that builds a model prints which it runs on. Every command exits 2 with a one-line reason on bad
+input; ``validate`` exits 1 when a tolerance is broken.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp16", "int8"), default="fp16")
     p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     _inputs_options(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the default weights (without --checkpoint)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the seeded init (with --checkpoint seeded)")
     p.add_argument("--calib-samples", type=int, default=None, help="synthetic scenes to calibrate int8 on")
     p.add_argument("--calibration", type=Path, help="a saved bevnb calibration (amax) to use instead")
     p.set_defaults(run=_export)
@@ -94,7 +95,8 @@ def _inputs_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint",
         type=Path,
-        help="MIT checkpoint, camera state dict or CUDA-BEVFusion PTQ pickle (default: $BEVNB_CHECKPOINT)",
+        help="MIT checkpoint, camera state dict, CUDA-BEVFusion PTQ pickle, a training/train.py file, or 'seeded' "
+        "for the untrained seeded init (default: $BEVNB_CHECKPOINT, else the shipped trained weights)",
     )
     p.add_argument(
         "--calibration-frames",

@@ -3,8 +3,9 @@
 Three environment variables choose them (a CLI command's ``--checkpoint``, ``--rig`` and ``--calibration-frames``
 override them), so ``make notebooks`` with them set runs the tutorial on your own model and car:
 
-* ``BEVNB_CHECKPOINT``: a checkpoint file (a MIT checkpoint, a camera state dict or CUDA-BEVFusion's PTQ pickle).
-  Unset: the seeded default weights (seed 0).
+* ``BEVNB_CHECKPOINT``: a checkpoint file (a MIT checkpoint, a camera state dict, CUDA-BEVFusion's PTQ pickle or a
+  file ``training/train.py`` wrote), or ``seeded`` for the untrained seeded init (seed 0). Unset: the shipped
+  trained weights, ``data/training/weights.pth`` (``paths.TRAINED_WEIGHTS``).
 * ``BEVNB_RIG``: a rig file (``docs/rig_format.md``). Unset: ``data/nuscenes_rig.json``.
 * ``BEVNB_CALIBRATION_FRAMES``: what int8 calibration runs on: a number ``N`` (``N`` synthetic scenes of the rig,
   seeds ``0 … N−1``, rendered by bevnb), or a folder in CUDA-BEVFusion's ``example-data`` layout (``{i}-{NAME}.jpg``,
@@ -28,11 +29,13 @@ from .config import R50, CameraConfig
 from .data import load_example_data, make_sample
 from .geometry import depth_map
 from .model import CameraBranch, build_camera_model
+from .paths import TRAINED_WEIGHTS
 from .rig import RIG_PATH, Rig, load_rig
 
 ENV_CHECKPOINT, ENV_RIG, ENV_FRAMES = "BEVNB_CHECKPOINT", "BEVNB_RIG", "BEVNB_CALIBRATION_FRAMES"
 DEFAULT_CALIB_SAMPLES = 2  # synthetic scenes; chapter 04 must run in 120 s on a 2-core CPU
-DEFAULT_SEED = 0  # the seed of the default weights
+DEFAULT_SEED = 0  # the seed of the seeded init
+SEEDED = "seeded"  # BEVNB_CHECKPOINT=seeded (--checkpoint seeded): the untrained seeded init
 
 
 def backbone_inputs(sample: dict, config: CameraConfig = R50) -> tuple[Tensor, Tensor]:
@@ -112,7 +115,7 @@ def frames_from(spec: str | int | Path | None, rig: Rig) -> Frames:
 
 @dataclass(frozen=True, eq=False)
 class Inputs:
-    """What a chapter or command runs on: ``checkpoint`` (``None``: the seeded default weights), ``rig`` (read from
+    """What a chapter or command runs on: ``checkpoint`` (``None``: the seeded init), ``rig`` (read from
     ``rig_path``) and the calibration ``frames``."""
 
     checkpoint: Path | None
@@ -121,14 +124,24 @@ class Inputs:
     frames: Frames
 
     def model(self, seed: int = DEFAULT_SEED) -> CameraBranch:
-        """``build_camera_model`` of the checkpoint (or the seeded default weights) for the rig's configuration."""
+        """``build_camera_model`` of the checkpoint (or the seeded init) for the rig's configuration."""
         return build_camera_model(self.checkpoint, seed=seed, config=self.rig.config)
+
+    @property
+    def trained(self) -> bool:
+        """Whether the checkpoint is the shipped trained one, the chapters' default."""
+        return self.checkpoint is not None and self.checkpoint.resolve() == TRAINED_WEIGHTS.resolve()
 
     def describe(self) -> str:
         """Three lines: the checkpoint, the rig (cameras, input, grid) and the calibration frames."""
         config = self.rig.config
         (iH, iW), (X, Y, _) = config.image_size, config.grid_size
-        weights = str(self.checkpoint) if self.checkpoint else f"none: the seeded default weights (seed {DEFAULT_SEED})"
+        if self.checkpoint is None:
+            weights = f"{SEEDED}: the untrained seeded init (seed {DEFAULT_SEED})"
+        elif self.trained:
+            weights = f"{self.checkpoint} (the shipped trained weights)"
+        else:
+            weights = str(self.checkpoint)
         return "\n".join(
             (
                 f"checkpoint:         {weights}",
@@ -143,13 +156,13 @@ def current(
     checkpoint: str | Path | None = None, rig: str | Path | None = None, frames: str | int | Path | None = None
 ) -> Inputs:
     """The inputs to run on: each argument given wins, else its environment variable (``BEVNB_CHECKPOINT``,
-    ``BEVNB_RIG``, ``BEVNB_CALIBRATION_FRAMES``), else the default. ValueError / FileNotFoundError in one line for a
-    checkpoint that is not a file, a bad rig (``RigError``) or frames that are neither a count nor a folder."""
-    checkpoint = checkpoint or os.environ.get(ENV_CHECKPOINT) or None
-    if checkpoint is not None:
-        checkpoint = Path(checkpoint).expanduser()
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"{checkpoint}: no such checkpoint file")
+    ``BEVNB_RIG``, ``BEVNB_CALIBRATION_FRAMES``), else the default (the shipped trained weights, the nuScenes-like
+    rig, ``DEFAULT_CALIB_SAMPLES`` scenes). ValueError / FileNotFoundError in one line for a checkpoint that is not
+    a file, a bad rig (``RigError``) or frames that are neither a count nor a folder."""
+    chosen = str(checkpoint or os.environ.get(ENV_CHECKPOINT) or TRAINED_WEIGHTS)
+    checkpoint = None if chosen == SEEDED else Path(chosen).expanduser()
+    if checkpoint is not None and not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint}: no such checkpoint file")
     rig_path = Path(rig or os.environ.get(ENV_RIG) or RIG_PATH).expanduser()
     loaded = load_rig(rig_path)
     spec = frames if frames is not None else os.environ.get(ENV_FRAMES)
@@ -160,7 +173,7 @@ def show(**overrides: str | Path | None) -> Inputs:
     """``current(**overrides)``, printed: every chapter's first cell says what it runs on."""
     inputs = current(**overrides)
     print(inputs.describe())
-    if inputs.checkpoint or inputs.rig_path.resolve() != RIG_PATH.resolve():
+    if not inputs.trained or inputs.rig_path.resolve() != RIG_PATH.resolve():
         print("(the prose describes the default model and rig; the outputs below are those of the inputs above)")
     return inputs
 

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..bevpool import bev_pool
 from ..config import R50, CameraConfig
 from ..geometry import depth_map, plan_bev_pool
-from .checkpoint import CameraCheckpoint, load_camera_state, read_checkpoint
+from .checkpoint import CameraCheckpoint, CheckpointError, load_camera_state, read_checkpoint
 from .fold import fold_batchnorm
 from .neck import GeneralizedLSSFPN
 from .resnet import Bottleneck, ResNet50
@@ -87,26 +87,35 @@ def build_camera_model(
 
     * ``checkpoint=None``: deterministic random weights from ``seed`` (see ``init_default_weights``), the same for
       every ``config`` with the same channels and depth bins, and computed once per process;
-    * a path or a ``CameraCheckpoint``: a MIT checkpoint, a plain camera state dict, or a CUDA-BEVFusion PTQ pickle
-      (BatchNorm already folded: the model is folded the same way before loading). Learned weights load strictly;
+    * a path or a ``CameraCheckpoint``: a MIT checkpoint, a plain camera state dict, a CUDA-BEVFusion PTQ pickle
+      (BatchNorm already folded: the model is folded the same way before loading), or ``training/train.py``'s file
+      (``data/training/weights.pth``), whose backbone and neck are the seeded ones of its ``backbone_seed``, made
+      here as for ``checkpoint=None``. Learned weights load strictly;
       the derived buffers (``vtransform.dx``, ``bx``, ``nx``, ``frustum``) come from ``config``, and when the
       checkpoint's differ (it was made for another rig) one line says which, from what to what.
     """
     model = CameraBranch(config)
+    sizes = replace(R50, in_channels=config.in_channels, out_channels=config.out_channels, dbound=config.dbound)
     if checkpoint is None:
-        sizes = replace(R50, in_channels=config.in_channels, out_channels=config.out_channels, dbound=config.dbound)
         model.load_state_dict(_default_weights(seed, sizes), strict=False)  # the derived buffers stay the model's
     else:
         ckpt = checkpoint if isinstance(checkpoint, CameraCheckpoint) else read_checkpoint(checkpoint)
         if ckpt.bn_folded:
             fold_batchnorm(model)
-        notice = load_camera_state(model, ckpt.state_dict, DERIVED_KEYS)
+        state = ckpt.state_dict
+        if not any(k.startswith(REGENERATED) for k in state):
+            if ckpt.backbone_seed is None:
+                raise CheckpointError("no backbone/neck weights and no meta['backbone_seed'] to regenerate them from")
+            seeded = _default_weights(ckpt.backbone_seed, sizes)
+            state = {k: v for k, v in seeded.items() if k.startswith(REGENERATED)} | state
+        notice = load_camera_state(model, state, DERIVED_KEYS)
         if notice:
             print(notice)
     return model.eval()
 
 
 DERIVED_KEYS = tuple(f"vtransform.{name}" for name in DERIVED_BUFFERS)
+REGENERATED = ("backbone.", "neck.")  # the parts a trained file leaves to its backbone_seed (frozen in training)
 
 
 @cache

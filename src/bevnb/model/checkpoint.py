@@ -1,10 +1,13 @@
 """Reading BEVFusion checkpoints without mmcv, mmdet3d or torchpack, and loading them strictly.
 
-Three kinds of file hold camera weights:
+Four kinds of file hold camera weights:
 
 * ``mit``: a MIT BEVFusion checkpoint, ``{"state_dict": {...}, "meta": ...}`` with the whole fusion model's keys
   (``encoders.camera.*``, ``encoders.lidar.*``, ``fuser.*``, ``decoder.*``, ``heads.*``);
 * ``state_dict``: a plain dict of camera tensors, with or without the ``encoders.camera.`` prefix;
+* ``trained``: what ``training/train.py`` writes (``data/training/weights.pth``): a MIT-layout file whose
+  ``meta["backbone_seed"]`` stands for the backbone and neck it leaves out (frozen during training, they are
+  regenerated from that seed, ``build_camera_model``);
 * ``ptq``: CUDA-BEVFusion's ``bevfusion_ptq.pth``, a ``torch.save`` of the whole ``MMDataParallel`` module, with
   BatchNorm folded into the convs and quantizer ``_amax`` buffers. Unpickling it normally needs mmdet3d,
   pytorch_quantization and ``lean`` importable, and runs whatever the pickle names. bevnb reads it with a restricted
@@ -45,17 +48,19 @@ class CameraCheckpoint:
     """Camera weights read from a file: keys without the ``encoders.camera.`` prefix.
 
     ``amax`` holds quantizer calibration (``<module>._input_quantizer._amax`` …) from a PTQ checkpoint, for
-    ``bevnb.quant``; ``bn_folded`` says the convs already carry their BatchNorm.
+    ``bevnb.quant``; ``bn_folded`` says the convs already carry their BatchNorm; ``backbone_seed`` is a trained
+    file's ``meta["backbone_seed"]`` (``None`` for the other kinds).
     """
 
     kind: str
     state_dict: dict[str, Tensor]
     amax: dict[str, Tensor] = field(default_factory=dict)
     bn_folded: bool = False
+    backbone_seed: int | None = None
 
 
 def read_checkpoint(path: str | Path) -> CameraCheckpoint:
-    """Read any of the three kinds; a missing, truncated or foreign file raises ``CheckpointError``."""
+    """Read any of the four kinds; a missing, truncated or foreign file raises ``CheckpointError``."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -68,10 +73,22 @@ def read_checkpoint(path: str | Path) -> CameraCheckpoint:
     except Exception as exc:  # truncated zip, text, random bytes: torch raises many types; all mean "bad file"
         raise unreadable_checkpoint(path, exc) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        return _from_flat(path, "mit", obj["state_dict"])
+        seed = backbone_seed(path, obj.get("meta"))
+        ckpt = _from_flat(path, "mit" if seed is None else "trained", obj["state_dict"])
+        ckpt.backbone_seed = seed
+        return ckpt
     if isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values()):
         return _from_flat(path, "state_dict", obj)
     raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a BEVFusion checkpoint or state dict")
+
+
+def backbone_seed(path: Path, meta: object) -> int | None:
+    """A checkpoint's ``meta["backbone_seed"]`` (``None`` without one), or one ``CheckpointError`` line when it is
+    not an integer in ``[0, 2**63)``."""
+    seed = meta.get("backbone_seed") if isinstance(meta, dict) else None
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise CheckpointError(f"{path}: meta['backbone_seed'] must be an integer in [0, 2**63), found {seed!r:.40}")
+    return seed
 
 
 def _checked_flat(path: Path, flat: dict) -> dict[str, Tensor]:

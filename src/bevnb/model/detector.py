@@ -7,8 +7,8 @@ checkpoint's: ``encoders.camera.{backbone,neck,vtransform}.*``, ``decoder.*``, `
 
 * the trainer's: ``encoders.camera.vtransform.*`` (without the derived buffers ``dx``, ``bx``, ``nx``,
   ``frustum``), ``decoder.*``, ``heads.object.*``, and ``meta["backbone_seed"]``: the frozen backbone and neck were
-  never changed by training, so they are regenerated from that seed (``build_camera_model(seed=…)``) instead of
-  being stored;
+  never changed by training, so ``build_camera_model`` regenerates them from that seed instead of their being
+  stored;
 * a full MIT-layout file that also holds ``encoders.camera.backbone.*`` and ``….neck.*``: those load instead.
 
 Keys under other prefixes (``encoders.lidar.*``, ``fuser.*`` … of a fusion checkpoint) are ignored; everything
@@ -27,13 +27,19 @@ from torch import Tensor, nn
 
 from ..config import R50, CameraConfig
 from .box_coder import BoxCoder, decode
-from .camera import DERIVED_KEYS, CameraBranch, build_camera_model
-from .checkpoint import CAMERA_PREFIX, CheckpointError, load_camera_state, unreadable_checkpoint
+from .camera import CameraBranch, build_camera_model
+from .checkpoint import (
+    CAMERA_PREFIX,
+    CameraCheckpoint,
+    CheckpointError,
+    backbone_seed,
+    load_camera_state,
+    unreadable_checkpoint,
+)
 from .head import SMALL_WIDTHS, DetectionHead, HeadConfig, build_head
 
 DETECTOR_PREFIXES = (CAMERA_PREFIX, "decoder.", "heads.object.")
 """The keys a detector file's ``state_dict`` contributes; other keys (a fusion model's lidar branch …) are ignored."""
-REGENERATED = ("backbone.", "neck.")  # camera parts the trainer's file leaves to meta["backbone_seed"]
 
 
 class Detector(nn.Module):
@@ -107,19 +113,14 @@ def build_detector(
         camera = build_camera_model(seed=seed, config=config)
         return Detector(camera, build_head(head_config, seed=seed, bev_size=config.out_bev_size)).eval()
     path = Path(checkpoint)
-    state, backbone_seed = _read_detector_file(path)
-    has_backbone = any(k.startswith(CAMERA_PREFIX + part) for k in state for part in REGENERATED)
-    if not has_backbone and backbone_seed is None:
-        raise CheckpointError(
-            f"{path}: no encoders.camera.backbone/neck weights and no meta['backbone_seed'] to regenerate them from"
-        )
-    camera = CameraBranch(config) if has_backbone else build_camera_model(seed=backbone_seed, config=config)
-    detector = Detector(camera, DetectionHead(head_config))
-    kept = {f"{CAMERA_PREFIX}{k}" for k in DERIVED_KEYS}  # from config, never from the file
-    if not has_backbone:
-        kept |= {k for k in detector.state_dict() if k.startswith(tuple(CAMERA_PREFIX + p for p in REGENERATED))}
+    state, seed = _read_detector_file(path)
+    camera_state = {k.removeprefix(CAMERA_PREFIX): v for k, v in state.items() if k.startswith(CAMERA_PREFIX)}
+    kind = "mit" if seed is None else "trained"
     try:
-        load_camera_state(detector, state, kept)
+        camera = build_camera_model(CameraCheckpoint(kind, camera_state, backbone_seed=seed), config=config)
+        detector = Detector(camera, DetectionHead(head_config))
+        loaded = {k for k in detector.state_dict() if k.startswith(CAMERA_PREFIX)}
+        load_camera_state(detector, {k: v for k, v in state.items() if k not in camera_state}, loaded)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {str(exc).replace('the camera branch', 'the detector')}") from None
     return detector.eval()
@@ -140,8 +141,4 @@ def _read_detector_file(path: Path) -> tuple[dict[str, Tensor], int | None]:
     wrong = next((k for k, v in state.items() if not isinstance(v, Tensor)), None)
     if wrong is not None:
         raise CheckpointError(f"{path}: {wrong} holds a {type(state[wrong]).__name__}, not a tensor")
-    meta = obj.get("meta")
-    seed = meta.get("backbone_seed") if isinstance(meta, dict) else None
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
-        raise CheckpointError(f"{path}: meta['backbone_seed'] must be an integer in [0, 2**63), found {seed!r:.40}")
-    return state, seed
+    return state, backbone_seed(path, obj.get("meta"))
