@@ -19,8 +19,8 @@ cosine decay, gradient clip 35, one scene per step.
 
 No BEV flips: in the synthetic street a car's heading follows its lane (−y in the left lane, +y in the other two)
 and its front and back look alike, so the lane is the only cue to its heading. A flip along x or y mirrors that
-rule; trained with random flips, the first weights predicted −90° for every car (AOE 1.98 rad on the held-out
-scenes). Upstream's flips are harmless on nuScenes, where cars' fronts and backs differ.
+rule: trained with random flips, an earlier run predicted one heading, −y, for every car. Upstream's flips are
+harmless on nuScenes, where a car's front and back differ.
 
 Seeded and repeatable: scene seeds ``TRAIN_SEED + k`` (never the calibration seeds 0…, nor the held-out 1000…), the
 scene order from ``--seed``. Stopped at any point, it resumes from ``<out>/last.pt`` (written every
