@@ -250,7 +250,7 @@ def test_an_r50_checkpoint_loads_into_the_five_camera_rig_with_a_one_line_notice
         "vtransform.frustum [118, 32, 88, 3] → [118, 48, 132, 3]",
     ):
         assert change in printed
-    expected = bevnb.build_camera_model(config=five_rig.config).state_dict()
+    expected = bevnb.inputs.current(rig=FIVE_CAMERA_RIG_PATH).model().state_dict()  # the trained weights, this rig
     assert all(torch.equal(v, expected[k]) for k, v in five_model.state_dict().items())
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
