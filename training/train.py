@@ -1,4 +1,4 @@
-"""Train the camera branch's neck and view transform and the detection head on the synthetic street.
+"""Train the camera branch's view transform and the detection head on the synthetic street (backbone and neck frozen).
 
     python training/train.py [--steps 1200] [--scenes 96] [--out build/training]     (or: make weights)
 
