@@ -181,19 +181,44 @@ def test_depth_truth_and_bins():
 @pytest.mark.slow
 def test_the_five_camera_rig_runs_the_whole_split_chain_with_the_shipped_weights(five_rig, five_onnx, tmp_path):
     """The shipped weights (trained on the six-camera rig) in the five-camera configuration: images → backbone graph
-    → bev_pool → vtransform graph → head graph → decode gives PyTorch's boxes, and cars among them. The camera graphs
-    are the ones chapter 08 exports for that rig (``five_onnx``: the same default weights)."""
+    (ONNX Runtime) → plan → bev_pool → vtransform graph → head graph → decode equals PyTorch stage by stage, and
+    gives PyTorch's boxes, cars among them. The camera graphs are the ones chapter 08 exports for that rig
+    (``five_onnx``: the same default weights)."""
     from bevnb.evaluation import trained_detector
     from bevnb.export import export_head
+    from bevnb.metrics import compare
     from bevnb.pipeline import SplitDetector
+    from bevnb.subclass import io_shapes
+    from bevnb.validation import FP16_MAX_REL
 
     detector = trained_detector(config=five_rig.config)
     for name in ("camera.backbone.onnx", "camera.vtransform.onnx"):
         (tmp_path / name).symlink_to(five_onnx / name)
     export_head(detector.head, tmp_path, config=five_rig.config, verbose=False)
+    split = SplitDetector(tmp_path, config=five_rig.config)
+    assert {**split.camera.backbone.shapes, **split.camera.vtransform.shapes} == {
+        **io_shapes(five_rig.config)["camera.backbone.onnx"],
+        **io_shapes(five_rig.config)["camera.vtransform.onnx"],
+    }
     sample = bevnb.make_sample("synthetic", seed=1000, rig=five_rig)
-    reference = detector.detect(sample)
-    result = SplitDetector(tmp_path, config=five_rig.config)(sample)
+    with torch.no_grad():
+        stages = detector.camera.forward_stages(sample)
+        reference = detector.decode(detector.head(stages["bev_downsampled"]))
+    result = split(sample)
+    compared = ("depth_map", "features", "depth_weights", "bev", "bev_downsampled")
+    shapes = {stage: list(result.outputs[stage].shape) for stage in compared}
+    assert shapes == {
+        "depth_map": [1, 5, 1, 384, 1056],
+        "features": [5, 48, 132, 80],
+        "depth_weights": [5, 118, 48, 132],
+        "bev": [1, 80, 256, 128],
+        "bev_downsampled": [1, 80, 128, 64],
+    }
+    errors = {stage: compare(stages[stage], result.outputs[stage])["rel"] for stage in compared}
+    assert errors["depth_map"] == 0.0
+    assert max(errors["features"], errors["depth_weights"], errors["bev"]) <= 1e-4, errors
+    assert errors["bev_downsampled"] <= FP16_MAX_REL, errors
+
     found = result.detections
     assert 0 < len(reference["boxes"]) == len(found["boxes"])
     assert (found["labels"][found["scores"] >= 0.3] == 0).any()  # the head finds cars through another rig's cameras
