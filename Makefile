@@ -34,5 +34,5 @@ clean:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q --no-compile -e '.[dev]'  # no bytecode for all of torch: what runs compiles on first import
+	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@

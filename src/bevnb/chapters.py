@@ -37,12 +37,13 @@ SUMMARIES = {  # chapter → what you build and see; chapter 00's table and the 
     "the split and the oracle on it; CUDA-BEVFusion's example-data",
     "09_int8_modelopt": "the int8 recipe with TensorRT Model Optimizer beside pytorch-quantization: placement, amax "
     "name by name, accuracy and time",
-    "10_onnx_simplifiers": "onnxsim and onnxslim on both int8 graphs and the float graph: nodes, Q/DQ kept, parity, "
-    "time; the pick",
+    "10_onnx_simplifiers": "onnxsim and onnxslim on both int8 graphs: nodes, Q/DQ kept, parity, time; the pick",
     "11_int8_sensitivity": "each unit left in float alone, ranked by pooled-BEV SQNR; the shortest float set for a "
     "target, exported",
     "12_a_camera_branch_that_sees": "the detection head after the camera BEV; training curves from the log; boxes on "
     "the cameras and from above against ground truth; nuScenes mAP and depth on held-out scenes; `head.bbox.onnx`",
+    "13_when_int8_finds_no_boxes": "two deployments side by side, stage by stage (`bevnb diagnose`): fp16 numerics, "
+    "int8, and int8 calibrated on the export sample, where it parts and the boxes it loses",
 }
 CHAPTERS = tuple(SUMMARIES)
 

@@ -7,6 +7,8 @@
                    [--onnx-dir DIR] [--samples N] [--backend B] [--example-data DIR]
     bevnb sensitivity [--rig RIG.json] [--checkpoint FILE] [--calibration-frames N|DIR] [--cameras N …]
                       [--target-db DB] [--export DIR] [--seed N]
+    bevnb diagnose REFERENCE_DIR TEST_DIR [--half {reference,test}] [--head-dir DIR] [--scenes N] [--rig RIG.json]
+                   [--min-sqnr DB]
     bevnb bench bevpool [--rig RIG.json] [benchmark options, see `bevnb bench bevpool --help`]   (from a checkout)
 
 ``--rig`` names a rig file (``docs/rig_format.md``; default ``data/nuscenes_rig.json``): cameras, input size and BEV
@@ -15,7 +17,7 @@ what int8 calibrates on (a number of the rig's synthetic scenes, or an example-d
 Unset, each falls back to its environment variable, ``BEVNB_RIG``, ``BEVNB_CHECKPOINT``, ``BEVNB_CALIBRATION_FRAMES``
 (``bevnb.inputs``), then to the default (the shipped trained weights; ``--checkpoint seeded``: the untrained init);
 every command that builds a model prints which it runs on. Every command exits 2 with a one-line reason on bad
-input; ``validate`` exits 1 when a tolerance is broken.
+input; ``validate`` exits 1 when a tolerance is broken, ``diagnose`` when a stage stops agreeing.
 """
 
 from __future__ import annotations
@@ -79,6 +81,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the default weights")
     _inputs_options(p)
     p.set_defaults(run=_sensitivity)
+
+    p = sub.add_parser(
+        "diagnose", help="two graph folders side by side: the first stage where they part, and the boxes"
+    )
+    p.add_argument("reference", type=Path, help="folder with the three graphs to trust (e.g. the fp16 export)")
+    p.add_argument("test", type=Path, help="folder with the three graphs under test (e.g. the int8 export)")
+    p.add_argument("--half", choices=("reference", "test"), help="run that side with fp16 numerics")
+    p.add_argument("--head-dir", type=Path, help="where head.bbox.onnx lies, for folders without one")
+    p.add_argument("--scenes", type=int, default=4, help="held-out synthetic scenes (default: 4)")
+    p.add_argument("--min-sqnr", type=float, default=None, help="a stage agrees at this SQNR (dB) or more")
+    p.add_argument("--rig", type=Path, help=RIG_HELP)
+    p.set_defaults(run=_diagnose)
 
     p = sub.add_parser("bench", help="benchmarks")
     p.add_argument("target", choices=("bevpool",))
@@ -233,6 +247,24 @@ def _sensitivity(args: argparse.Namespace) -> int:
             with sensitivity.left_in_float(chosen):
                 export_camera(model, args.export, precision="int8")
     return 0
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    from .diagnosis import MIN_SQNR_DB, Graphs, diagnose
+    from .inputs import ENV_RIG
+    from .quant import HELD_OUT_SEED
+
+    if args.scenes < 1:
+        raise ValueError(f"--scenes must be at least 1, got {args.scenes}")
+    rig = args.rig or os.environ.get(ENV_RIG)
+    sides = [
+        Graphs(d, args.half == side, head_dir=args.head_dir)
+        for d, side in ((args.reference, "reference"), (args.test, "test"))
+    ]
+    seeds = range(HELD_OUT_SEED, HELD_OUT_SEED + args.scenes)  # never used for calibration
+    result = diagnose(*sides, seeds, rig, min_sqnr_db=args.min_sqnr if args.min_sqnr is not None else MIN_SQNR_DB)
+    print(result.table(), result.boxes_table(), result.verdict(), sep="\n\n")
+    return 1 if result.broken else 0
 
 
 def _bench(args: argparse.Namespace) -> int:

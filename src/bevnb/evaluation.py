@@ -33,6 +33,7 @@ from .data import make_sample
 from .detection import ClassMetrics, DetectionMetrics, evaluate
 from .model import Detector, build_detector
 from .paths import TRAINED_WEIGHTS, TRAINING_EVALUATION, TRAINING_LOG
+from .pipeline import SplitDetector
 from .rig import Rig, as_rig
 from .tables import Table
 
@@ -197,9 +198,10 @@ class DetectorEvaluation:
 class SceneScores:
     """The running score of a detector over scenes: ``add(sample, seed)`` detects on one synthetic sample, records
     its boxes, ground truth and depth hits, and returns what it computed, so a caller that also draws the scene runs
-    the model once; ``result()`` scores everything added so far."""
+    the model once; ``result()`` scores everything added so far. The detector is the PyTorch one (``Detector``) or
+    the deployed split (``pipeline.SplitDetector``: its graphs in ONNX Runtime)."""
 
-    def __init__(self, detector: Detector) -> None:
+    def __init__(self, detector: Detector | SplitDetector) -> None:
         self.detector = detector
         self.predictions: list[dict[str, Tensor]] = []
         self.truth: list[dict[str, Tensor]] = []
@@ -209,9 +211,14 @@ class SceneScores:
     @torch.no_grad()
     def add(self, sample: dict, seed: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Detect on ``sample`` (a synthetic sample of the detector's rig) and record it → ``(stages, detections)``:
-        ``CameraBranch.forward_stages``'s outputs and ``boxes [K, 9]``, ``scores [K]``, ``labels [K]``."""
-        stages = self.detector.camera.forward_stages(sample)
-        found = self.detector.decode(self.detector.head(stages["bev_downsampled"]))
+        the stage outputs (``CameraBranch.forward_stages``'s, or ``SplitResult.outputs``) and ``boxes [K, 9]``,
+        ``scores [K]``, ``labels [K]``."""
+        if isinstance(self.detector, SplitDetector):
+            result = self.detector(sample)
+            stages, found = result.outputs, result.detections
+        else:
+            stages = self.detector.camera.forward_stages(sample)
+            found = self.detector.decode(self.detector.head(stages["bev_downsampled"]))
         self.predictions.append(found)
         self.truth.append({"boxes": sample["gt_boxes"][0], "labels": sample["gt_labels"][0]})
         camera_depth = sample["camera_depth"][0]
@@ -223,7 +230,7 @@ class SceneScores:
 
     def result(self) -> DetectorEvaluation:
         """The nuScenes metrics over all scenes added, the depth accuracy and the boxes counted per class."""
-        names = self.detector.head.config.class_names
+        names = self.detector.class_names
 
         def count(boxes: list[dict[str, Tensor]]) -> dict[str, int]:
             return {name: sum(int((b["labels"] == CLASS_NAMES.index(name)).sum()) for b in boxes) for name in names}

@@ -10,7 +10,7 @@ like upstream's stage timer; then ``head.bbox.onnx`` (the head's TensorRT engine
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +51,9 @@ class OnnxGraph:
     * ``extra_outputs``: names of inner tensors to expose as well (after the graph's own outputs), e.g. a block's
       output in the int8 backbone; they are added to an in-memory copy of the graph;
     * ``optimize=False``: ONNX Runtime's graph rewrites off, so QuantizeLinear/DequantizeLinear/Conv run as written
-      instead of being fused into int8 kernels.
+      instead of being fused into int8 kernels;
+    * ``half=True``: half-precision numerics (``numerics.half_rounded``: every float tensor stored in float16,
+      computed in float32), a CPU stand-in for TensorRT's fp16 layers.
     """
 
     def __init__(
@@ -60,9 +62,12 @@ class OnnxGraph:
         providers: list[str] | None = None,
         extra_outputs: Iterable[str] = (),
         optimize: bool = True,
+        half: bool = False,
     ) -> None:
         import onnx
         import onnxruntime as ort
+
+        from .numerics import half_rounded
 
         self.path = Path(path)
         if not self.path.is_file():
@@ -71,8 +76,8 @@ class OnnxGraph:
         if not optimize:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         extra_outputs = list(extra_outputs)
-        if extra_outputs:
-            graph = onnx.load(str(self.path))
+        if extra_outputs or half:
+            graph = half_rounded(onnx.load(str(self.path))) if half else onnx.load(str(self.path))
             for name in extra_outputs:
                 graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
             source: str | bytes = graph.SerializeToString()
@@ -81,6 +86,7 @@ class OnnxGraph:
         self.session = ort.InferenceSession(source, options, providers=providers or onnx_providers())
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.own_output_names = self.output_names[: len(self.output_names) - len(extra_outputs)]  # the file's
         self.shapes = {t.name: tuple(t.shape) for t in (*self.session.get_inputs(), *self.session.get_outputs())}
 
     def __call__(self, *inputs: Tensor) -> tuple[Tensor, ...]:
@@ -114,6 +120,9 @@ class SplitCamera:
     ``[N, fH, fW, C]``, ``depth_weights`` ``[N, D, fH, fW]``, ``bev`` ``[1, C, X, Y]`` and ``bev_downsampled``
     ``[1, C, X/2, Y/2]``. The graphs' names and static shapes must be those ``config`` implies
     (``subclass.io_shapes``): graphs exported for another rig fail here, in one line.
+
+    ``half``: both graphs with half-precision numerics (``OnnxGraph``); ``extra_outputs``: inner tensors to expose
+    (``{file name: tensor names}``), added to ``outputs`` under their tensor names.
     """
 
     def __init__(
@@ -122,10 +131,13 @@ class SplitCamera:
         bev_pool_backend: str = "auto",
         config: CameraConfig = R50,
         providers: list[str] | None = None,
+        half: bool = False,
+        extra_outputs: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         onnx_dir = Path(onnx_dir)
-        self.backbone = OnnxGraph(onnx_dir / BACKBONE_FILE, providers)
-        self.vtransform = OnnxGraph(onnx_dir / VTRANSFORM_FILE, providers)
+        extra = extra_outputs or {}
+        self.backbone = OnnxGraph(onnx_dir / BACKBONE_FILE, providers, extra.get(BACKBONE_FILE, ()), half=half)
+        self.vtransform = OnnxGraph(onnx_dir / VTRANSFORM_FILE, providers, extra.get(VTRANSFORM_FILE, ()), half=half)
         shapes = io_shapes(config)
         _check_io(self.backbone, BACKBONE_IO, shapes[BACKBONE_FILE])
         _check_io(self.vtransform, VTRANSFORM_IO, shapes[VTRANSFORM_FILE])
@@ -145,11 +157,15 @@ class SplitCamera:
 
         plan = timed("plan (once per calibration)", plan_bev_pool, sample, self.config)
         out["depth_map"] = timed("depth map", depth_map, sample, self.config)
-        out["features"], out["depth_weights"] = timed("backbone", self.backbone, sample["img"], out["depth_map"])
+        out["features"], out["depth_weights"], *inner = timed(
+            "backbone", self.backbone, sample["img"], out["depth_map"]
+        )
+        out.update(zip(self.backbone.output_names[2:], inner, strict=True))
         device = "cuda" if torch.cuda.is_available() else "cpu"
         depth_weights, features = out["depth_weights"].to(device), out["features"].to(device)
         out["bev"] = timed("bev_pool", bev_pool, depth_weights, features, plan.to(device), self.bev_pool_backend).cpu()
-        (out["bev_downsampled"],) = timed("vtransform", self.vtransform, out["bev"])
+        out["bev_downsampled"], *inner = timed("vtransform", self.vtransform, out["bev"])
+        out.update(zip(self.vtransform.output_names[1:], inner, strict=True))
         return SplitResult(out, timings)
 
 
@@ -160,7 +176,8 @@ class SplitDetector:
     ``SplitDetector(onnx_dir, config=rig.config)(sample)`` → ``SplitResult`` whose ``outputs`` add the head's maps
     by their graph names (``heatmap_0 [1, 1, X', Y']`` …) and whose ``detections`` are the boxes. ``head_dir`` is
     where ``head.bbox.onnx`` lies (default ``onnx_dir``); its names and static shapes must be those of
-    ``subclass.head_io_shapes(config, head)``.
+    ``subclass.head_io_shapes(config, head)``. ``half`` and ``extra_outputs``: as ``SplitCamera``'s, for all three
+    graphs.
     """
 
     def __init__(
@@ -171,12 +188,24 @@ class SplitDetector:
         head: HeadConfig = SMALL_WIDTHS,
         head_dir: str | Path | None = None,
         providers: list[str] | None = None,
+        half: bool = False,
+        extra_outputs: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
-        self.camera = SplitCamera(onnx_dir, bev_pool_backend, config, providers)
-        self.head = OnnxGraph(Path(head_dir or onnx_dir) / HEAD_FILE, providers)
+        self.camera = SplitCamera(onnx_dir, bev_pool_backend, config, providers, half, extra_outputs)
+        extra = (extra_outputs or {}).get(HEAD_FILE, ())
+        self.head = OnnxGraph(Path(head_dir or onnx_dir) / HEAD_FILE, providers, extra, half=half)
         _check_io(self.head, head_io(head), head_io_shapes(config, head))
         self.head_config = head
         self.coder = BoxCoder.for_config(config, head)
+
+    @property
+    def config(self) -> CameraConfig:
+        return self.camera.config
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The classes the head detects, one task each (nuScenes names)."""
+        return self.head_config.class_names
 
     def __call__(self, sample: dict) -> SplitResult:
         result = self.camera(sample)
@@ -195,10 +224,10 @@ class SplitDetector:
 def _check_io(
     graph: OnnxGraph, io: tuple[tuple[str, ...], tuple[str, ...]], shapes: dict[str, tuple[int, ...]]
 ) -> None:
-    if (tuple(graph.input_names), tuple(graph.output_names)) != io:
+    if (tuple(graph.input_names), tuple(graph.own_output_names)) != io:
         raise ValueError(
             f"{graph.path.name}: expected inputs {list(io[0])} and outputs {list(io[1])}, "
-            f"got {graph.input_names} and {graph.output_names}"
+            f"got {graph.input_names} and {graph.own_output_names}"
         )
     wrong = [f"{k} {list(graph.shapes[k])}≠{list(v)}" for k, v in shapes.items() if graph.shapes[k] != v]
     if wrong:

@@ -1,4 +1,5 @@
-"""Figures of the detector (chapter 12): training curves, and boxes on the camera images and from above.
+"""Figures of the detector (chapters 12 and 13): training curves, boxes on the camera images and from above, and a
+diagnosis stage by stage.
 
 Drawn with ``viz``'s helpers (the mosaic of cameras, the one BEV view with forward up, ``viz.bev_boxes``), ground
 truth in ``viz.GT_COLORS`` and predictions in ``viz.PREDICTED_COLORS``. Like ``viz``, it only draws.
@@ -6,7 +7,7 @@ truth in ``viz.GT_COLORS`` and predictions in ``viz.PREDICTED_COLORS``. Like ``v
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from .data import denormalize_image
+from .diagnosis import Diagnosis
 from .rig import Rig
 from .scene import _BOX_EDGES, CLASS_NAMES, box_corners
 from .viz import GT_COLORS, PREDICTED_COLORS, _mosaic_axes, _rig_of, bev_boxes, bev_image
@@ -122,4 +124,33 @@ def detections_bev(
         f"ground truth (filled) and {int(keep.sum())} predicted boxes with score ≥ {min_score:g} (outlined); ▲ lidar",
         fontsize=9,
     )
+    return fig
+
+
+def stage_agreement(diagnoses: Sequence[Diagnosis]) -> Figure:
+    """Each diagnosis (``diagnosis.diagnose``, one reference) as one line: the worst SQNR (dB, against the reference)
+    at every stage in pipeline order, the threshold dashed, the first stage that does not agree marked; the legend
+    counts each side's boxes. Non-finite stages sit at the bottom edge."""
+    fig = Figure(figsize=(13, 4.2), layout="constrained")
+    ax = fig.subplots()
+    stages = [s.stage for s in diagnoses[0].stages]
+    finite = [s.sqnr_db for d in diagnoses for s in d.stages if np.isfinite(s.sqnr_db)]
+    floor = min([*finite, diagnoses[0].min_sqnr_db]) - 5
+    for k, d in enumerate(diagnoses):
+        values = [s.sqnr_db if np.isfinite(s.sqnr_db) else floor for s in d.stages]
+        boxes = sum(d.scores[d.labels[1]].predicted.values())
+        ax.plot(values, marker="o", ms=3, color=f"C{k}", label=f"{d.labels[1]} ({boxes} boxes)")
+        if d.broken is not None:
+            i = d.stages.index(d.broken)
+            ax.plot(i, values[i], marker="x", ms=12, mew=2.5, color=f"C{k}")
+    reference = diagnoses[0].scores[diagnoses[0].labels[0]]
+    ax.axhline(diagnoses[0].min_sqnr_db, color="0.3", ls="--", lw=1, label="agrees above")
+    ax.set_xticks(range(len(stages)), stages, rotation=90, fontsize=7)
+    ax.set(ylabel="worst SQNR against the reference (dB)", ylim=(floor, None))
+    ax.set_title(
+        f"against {diagnoses[0].labels[0]} ({sum(reference.predicted.values())} boxes), "
+        f"{len(diagnoses[0].seeds)} held-out scene(s); × the first stage that does not agree"
+    )
+    fig.legend(fontsize=8, loc="outside lower center", ncols=len(diagnoses) + 1)
+    ax.grid(alpha=0.3)
     return fig

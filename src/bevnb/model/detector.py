@@ -76,6 +76,11 @@ class Detector(nn.Module):
         """The camera branch's configuration (rig)."""
         return self.camera.config
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The classes the head detects, one task each (nuScenes names)."""
+        return self.head.config.class_names
+
     def train(self, mode: bool = True) -> Detector:
         super().train(mode)
         self.head.train(mode)

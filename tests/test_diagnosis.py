@@ -1,0 +1,158 @@
+"""Half-precision numerics of a graph (bevnb.numerics) and the two-sided, stage-by-stage diagnosis (bevnb.diagnosis)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from bevnb.cli import main
+from bevnb.diagnosis import StageAgreement, checkpoints, diagnose_many
+from bevnb.numerics import half_rounded
+from bevnb.pipeline import OnnxGraph
+
+SCALE = 1.0004  # not a float16 number: float16 rounds it to 1.0 (its spacing at 1 is 2**-10)
+
+
+def _graph(tmp_path, name: str = "g.onnx") -> str:
+    """x [4] → Mul by SCALE → Relu → y, and x → Add 6e4 → big: float32 throughout."""
+    nodes = [
+        helper.make_node("Mul", ["x", "scale"], ["/block/mul/Mul_output_0"], name="/block/mul/Mul"),
+        helper.make_node("Relu", ["/block/mul/Mul_output_0"], ["y"], name="/block/relu/Relu"),
+        helper.make_node("Add", ["x", "big_offset"], ["big"], name="/block/add/Add"),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([SCALE], np.float32), "scale"),
+        numpy_helper.from_array(np.array([6e4], np.float32), "big_offset"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in ("y", "big")],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    path = tmp_path / name
+    onnx.save(model, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("optimize", [True, False])
+def test_half_rounded_stores_every_tensor_in_float16_and_overflows_like_it(tmp_path, optimize):
+    path = _graph(tmp_path)
+    x = torch.tensor([1.0, -2.0, 3.0004, 65504.0])
+    fp32 = OnnxGraph(path, optimize=optimize).outputs(x)
+    half = OnnxGraph(path, optimize=optimize, half=True).outputs(x)
+    assert fp32["y"][0].item() == pytest.approx(SCALE)  # the float32 graph keeps the scale
+    # float16: the input 3.0004 → 3.0, the scale → 1.0, so y = relu(x16 · 1.0) rounded again; 65504 is float16's max
+    assert half["y"].tolist() == [1.0, 0.0, 3.0, 65504.0]
+    # near 6e4 float16 numbers lie 32 apart: 60001, 59998 and 60003 all round to 60000; 65504 + 6e4 overflows
+    assert fp32["big"].isfinite().all() and half["big"].tolist() == [60000.0, 60000.0, 60000.0, math.inf]
+
+
+def test_half_rounded_keeps_names_and_rounds_weights(tmp_path):
+    model = onnx.load(_graph(tmp_path))
+    rounded = half_rounded(model)
+    produced = {o for n in rounded.graph.node for o in n.output}
+    assert {"y", "big", "/block/mul/Mul_output_0"} <= produced  # inner names still name the (rounded) tensors
+    scale = numpy_helper.to_array(next(t for t in rounded.graph.initializer if t.name == "scale"))
+    assert scale.dtype == np.float32 and scale.item() == 1.0
+    casts = [n for n in rounded.graph.node if n.op_type == "Cast"]
+    assert len(casts) == 2 * 4  # the input and three node outputs, each to float16 and back
+    assert [n.op_type for n in model.graph.node] == ["Mul", "Relu", "Add"]  # the original is untouched
+
+
+def test_checkpoints_are_each_modules_last_shared_activation(tmp_path):
+    def graph(names: list[tuple[str, str]]) -> onnx.ModelProto:
+        nodes, previous = [], "x"
+        for op, name in names:
+            out = f"{name}_output_0"
+            nodes.append(helper.make_node(op, [previous], [out], name=name))
+            previous = out
+        nodes.append(helper.make_node("Identity", [previous], ["out"], name="/out/Identity"))
+        g = helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+            [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1])],
+        )
+        return helper.make_model(g)
+
+    layers = [
+        ("Relu", "/backbone/relu/Relu"),
+        ("Relu", "/backbone/layer1/layer1.0/relu/Relu"),
+        ("Relu", "/backbone/layer1/layer1.0/relu_2/Relu"),
+        ("Softmax", "/depthnet/softmax/Softmax"),
+    ]
+    fp16 = graph(layers)
+    int8 = graph([*layers[:1], ("Relu", "/backbone/layer1/layer1.0/relu/Relu"), layers[3]])  # no relu_2 here
+    assert checkpoints(fp16, fp16) == [
+        ("backbone.relu", "/backbone/relu/Relu_output_0"),
+        ("backbone.layer1.0", "/backbone/layer1/layer1.0/relu_2/Relu_output_0"),
+        ("depthnet.softmax", "/depthnet/softmax/Softmax_output_0"),
+    ]
+    assert checkpoints(fp16, int8)[1] == ("backbone.layer1.0", "/backbone/layer1/layer1.0/relu/Relu_output_0")
+
+
+def test_a_stage_with_overflow_breaks_and_depth_bins_are_counted():
+    weights = torch.softmax(torch.randn(2, 5, 3, 4), dim=1)
+    flipped = weights.flip(1)
+    depth = StageAgreement("camera_depth_weights", list(weights.shape))
+    depth.add(weights, weights)
+    depth.add(weights, flipped)
+    same = int((weights.argmax(1) == flipped.argmax(1)).sum())
+    assert (depth.bins_agree, depth.bins_counted) == (24 + same, 48)
+    assert depth.sqnr_db == pytest.approx(10 * math.log10((weights**2).sum() / ((flipped - weights) ** 2).sum()))
+    overflow = StageAgreement("bev_pool", [4])
+    overflow.add(torch.ones(4), torch.tensor([1.0, math.inf, 1.0, 1.0]))
+    assert overflow.nonfinite == 1 and not overflow.agrees(10.0) and overflow.sqnr_db == -math.inf
+
+
+def test_diagnose_refuses_two_identical_sides_and_a_missing_head(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    assert main(["diagnose", str(tmp_path / "a"), str(tmp_path / "a")]) == 2
+    assert "two sides are the same graphs with the same numerics" in capsys.readouterr().err
+    assert main(["diagnose", str(tmp_path / "a"), str(tmp_path / "a"), "--half", "test"]) == 2
+    assert "camera.backbone.onnx: no such ONNX file" in capsys.readouterr().err
+    assert main(["diagnose", "a", "b", "--scenes", "0"]) == 2
+    assert "--scenes must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def head_dir(tmp_path_factory):
+    from bevnb.evaluation import trained_detector
+    from bevnb.export import export_head
+
+    out = tmp_path_factory.mktemp("head")
+    export_head(trained_detector().head, out, verbose=False)
+    return out
+
+
+@pytest.mark.slow
+def test_fp16_numerics_and_int8_against_fp32_on_one_scene(onnx_dirs, head_dir):
+    """The default weights' float graphs against themselves with fp16 numerics and against the int8 graphs (chapter
+    04's calibration), one held-out scene: fp16 agrees everywhere, int8 keeps the boxes, and every stage is listed in
+    pipeline order, from the stem to the head's maps."""
+    from bevnb.diagnosis import Graphs
+
+    fp32 = Graphs(onnx_dirs("fp16"), head_dir=head_dir, label="fp32")
+    half = Graphs(onnx_dirs("fp16"), half=True, head_dir=head_dir, label="fp16 numerics")
+    int8 = Graphs(onnx_dirs("int8"), head_dir=head_dir, label="int8")
+    fp16_result, int8_result = diagnose_many(fp32, [half, int8], [1000], progress=False)
+    stages = [s.stage for s in fp16_result.stages]
+    assert stages[:2] == ["backbone.relu", "backbone.layer1.0"] and "backbone.layer4.2" in stages
+    assert stages.index("camera_feature") < stages.index("bev_pool") < stages.index("vtransform output")
+    assert stages[-12:] == [f"{m}_{t}" for t in (0, 1) for m in ("reg", "height", "dim", "rot", "vel", "heatmap")]
+    by = {s.stage: s for s in fp16_result.stages}
+    assert fp16_result.broken is None and min(s.sqnr_db for s in fp16_result.stages) > 30.0
+    assert by["camera_depth_weights"].bin_agreement > 0.99
+    assert by["camera_depth_weights"].shape == [6, 118, 32, 88] and by["bev_pool"].shape == [1, 80, 360, 360]
+    boxes = {label: sum(e.predicted.values()) for label, e in int8_result.scores.items()}
+    assert boxes["fp32"] > 0 and abs(boxes["int8"] - boxes["fp32"]) <= 0.2 * boxes["fp32"]
+    assert int8_result.broken is None, int8_result.verdict()
+    assert "every stage agrees" in int8_result.verdict()
