@@ -156,3 +156,29 @@ def test_fp16_numerics_and_int8_against_fp32_on_one_scene(onnx_dirs, head_dir):
     assert boxes["fp32"] > 0 and abs(boxes["int8"] - boxes["fp32"]) <= 0.2 * boxes["fp32"]
     assert int8_result.broken is None, int8_result.verdict()
     assert "every stage agrees" in int8_result.verdict()
+
+
+def test_the_recorded_precision_table_has_every_side_and_its_fp32_is_chapter_12s():
+    """``benchmarks/precision_by_detection.py``'s record: fp32 through the graphs scores what PyTorch scored on the
+    same scenes (``evaluation.json``), fp16 numerics agree everywhere, and the table and figure chapter 13 renders."""
+    import json
+
+    from bevnb.diagnosis import BOUNDARIES, precision_table
+    from bevnb.evaluation import DetectorEvaluation, recorded_evaluation
+    from bevnb.paths import CHECKOUT
+    from bevnb.viz_detection import map_against_calibration
+
+    record = json.loads((CHECKOUT / "benchmarks" / "results" / "precision_by_detection.json").read_text())
+    fp32, pytorch = DetectorEvaluation.from_json(record["fp32"]), recorded_evaluation()
+    assert record["scenes"] == pytorch.seeds == list(range(1000, 1020))
+    assert fp32.ground_truth == pytorch.ground_truth
+    assert abs(fp32.mean_ap - pytorch.mean_ap) <= 0.005  # the graphs in ONNX Runtime against PyTorch, same boxes
+    sides = record["sides"]
+    assert sorted(map(int, record["calibration_sweep"])) == [1, 2, 8, 32]
+    assert {"fp16 numerics", *record["calibration_sweep"].values()} <= set(sides) and len(sides) == 7
+    assert sides["fp16 numerics"]["first_break"] is None and sides["fp16 numerics"]["depth_bin_agreement"] > 0.99
+    assert all(set(s["sqnr_db"]) == {*BOUNDARIES, "heatmaps"} for s in sides.values())
+    table = precision_table(fp32, sides)
+    assert len(table.rows) == 1 + len(sides) and table.columns[:4] == ["graphs", "mAP", "AP car", "AP pedestrian"]
+    figure = map_against_calibration(fp32, sides, record["calibration_sweep"])
+    assert len(figure.axes[0].lines) == 2 * 3  # mAP and AP per class, int8 and fp32

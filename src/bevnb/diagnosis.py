@@ -43,6 +43,7 @@ from .subclass import BACKBONE_FILE, BACKBONE_IO, HEAD_FILE, VTRANSFORM_FILE, he
 from .tables import Table
 
 CHECKPOINT_OPS = ("Relu", "Concat", "Softmax")
+BOUNDARIES = ("camera_feature", "camera_depth_weights", "bev_pool", "vtransform output")  # between the graphs
 MIN_SQNR_DB = 10.0  # below this a stage no longer agrees (the chapter shows where a healthy int8 graph sits)
 DEPTH_STAGE = "camera_depth_weights"
 
@@ -161,7 +162,7 @@ class Diagnosis:
         ]
         columns = ("stage", "shape", "peak |x|", "worst SQNR dB", "worst cosine", "non-finite", "same bin %", "agrees")
         title = (
-            f"{self.labels[1]} against {self.labels[0]}, stage by stage ({len(self.seeds)} held-out scenes; SQNR and "
+            f"{self.labels[1]} against {self.labels[0]}, stage by stage ({_scenes(len(self.seeds))}; SQNR and "
             "cosine inside the backbone graph on camera 0)"
         )
         return Table(rows, columns, title)
@@ -174,7 +175,65 @@ class Diagnosis:
             for name, m in e.metrics.classes.items():
                 rows.append((label, name, m.mean_ap, m.ate, m.ase, m.aoe, e.ground_truth[name], e.predicted[name]))
         columns = ("graphs", "class", "AP", "ATE m", "ASE", "AOE rad", "GT boxes", "predicted")
-        return Table(rows, columns, f"boxes against the ground truth ({len(self.seeds)} held-out scenes)")
+        return Table(rows, columns, f"boxes against the ground truth ({_scenes(len(self.seeds))})")
+
+
+def _scenes(n: int) -> str:
+    return f"{n} held-out scene{'s' if n != 1 else ''}"
+
+
+def side_summary(d: Diagnosis) -> dict:
+    """The test side of ``d`` as plain JSON (what ``benchmarks/precision_by_detection.py`` records): its
+    evaluation (``DetectorEvaluation.to_json``), the SQNR (dB) at each of ``BOUNDARIES`` and the lowest over the
+    head's heatmaps, the lowest over every stage, the depth-bin agreement and the first stage that does not agree."""
+    stages = {s.stage: s for s in d.stages}
+    heatmaps = min(s.sqnr_db for s in d.stages if s.stage.startswith("heatmap_"))
+    return {
+        "evaluation": d.scores[d.labels[1]].to_json(),
+        "sqnr_db": {b: stages[b].sqnr_db for b in BOUNDARIES} | {"heatmaps": heatmaps},
+        "lowest_sqnr_db": min(s.sqnr_db for s in d.stages),
+        "depth_bin_agreement": stages[DEPTH_STAGE].bin_agreement,
+        "first_break": d.broken.stage if d.broken else None,
+    }
+
+
+def precision_table(fp32: DetectorEvaluation, sides: dict[str, dict], title: str = "") -> Table:
+    """fp32 and each recorded side (``side_summary``, by label): mAP and AP per class, box count, SQNR against fp32
+    at the graph boundaries and the heatmaps, depth-bin agreement (%), and the first stage that does not agree."""
+    names = list(fp32.metrics.classes)
+    rows = [
+        (
+            "fp32",
+            fp32.mean_ap,
+            *(fp32.metrics.classes[n].mean_ap for n in names),
+            sum(fp32.predicted.values()),
+            *[""] * (len(BOUNDARIES) + 3),
+        )
+    ]
+    for label, side in sides.items():
+        e = DetectorEvaluation.from_json(side["evaluation"])
+        rows.append(
+            (
+                label,
+                e.mean_ap,
+                *(e.metrics.classes[n].mean_ap for n in names),
+                sum(e.predicted.values()),
+                *(side["sqnr_db"][b] for b in (*BOUNDARIES, "heatmaps")),
+                f"{100 * side['depth_bin_agreement']:.2f}",
+                side["first_break"] or "none",
+            )
+        )
+    columns = (
+        "graphs",
+        "mAP",
+        *(f"AP {n}" for n in names),
+        "boxes",
+        *(f"SQNR {b} dB" for b in BOUNDARIES),
+        "SQNR heatmaps dB",
+        "same depth bin %",
+        "first break",
+    )
+    return Table(rows, columns, title or "precisions judged by detection (SQNR against fp32)")
 
 
 @dataclass(frozen=True)

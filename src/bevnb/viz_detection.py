@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .data import denormalize_image
 from .diagnosis import Diagnosis
+from .evaluation import DetectorEvaluation
 from .rig import Rig
 from .scene import _BOX_EDGES, CLASS_NAMES, box_corners
 from .viz import GT_COLORS, PREDICTED_COLORS, _mosaic_axes, _rig_of, bev_boxes, bev_image
@@ -152,5 +153,30 @@ def stage_agreement(diagnoses: Sequence[Diagnosis]) -> Figure:
         f"{len(diagnoses[0].seeds)} held-out scene(s); × the first stage that does not agree"
     )
     fig.legend(fontsize=8, loc="outside lower center", ncols=len(diagnoses) + 1)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def map_against_calibration(fp32: DetectorEvaluation, sides: Mapping[str, dict], sweep: Mapping[str, str]) -> Figure:
+    """mAP and AP per class of the int8 graphs calibrated on ``sweep``'s scene counts (``{count: side label}``,
+    ``sides`` as ``diagnosis.side_summary`` records them) against that count (log scale), fp32's dashed."""
+    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    ax = fig.subplots()
+    counts = sorted(sweep, key=int)
+    evaluations = [DetectorEvaluation.from_json(sides[sweep[c]]["evaluation"]) for c in counts]
+    x = [int(c) for c in counts]
+    curves = {"mAP": ([e.mean_ap for e in evaluations], fp32.mean_ap)}
+    for name in fp32.metrics.classes:
+        curves[f"AP {name}"] = (
+            [e.metrics.classes[name].mean_ap for e in evaluations],
+            fp32.metrics.classes[name].mean_ap,
+        )
+    for k, (label, (values, reference)) in enumerate(curves.items()):
+        ax.plot(x, values, marker="o", color=f"C{k}", label=f"{label}, int8")
+        ax.axhline(reference, color=f"C{k}", ls="--", lw=1, label=f"{label}, fp32")
+    ax.set(xscale="log", xlabel="calibration scenes (synthetic, seeds 0 …)", ylabel="nuScenes AP", xticks=x)
+    ax.set_xticklabels([str(v) for v in x])
+    ax.set_title(f"int8 (pytorch-quantization, MSE) by calibration size, {len(evaluations[0].seeds)} held-out scenes")
+    ax.legend(fontsize=7, ncols=2)
     ax.grid(alpha=0.3)
     return fig

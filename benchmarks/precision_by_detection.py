@@ -1,0 +1,128 @@
+"""int8 and fp16 judged by detection: one table on held-out scenes, and mAP against the number of calibration scenes.
+
+    python benchmarks/precision_by_detection.py [--scenes 20] [--calibration 1 2 8 32]
+
+Every side is a folder of exported graphs run through the deployed pipeline in ONNX Runtime (backbone graph → bev_pool
+→ vtransform graph → head graph → boxes) beside the fp32 graphs, on the same held-out scenes
+(``bevnb.diagnosis.diagnose_many``): fp16 numerics (``numerics.half_rounded``), int8 with pytorch-quantization (MSE,
+chapter 04's recipe) calibrated on each number of synthetic scenes in ``--calibration``, int8 with ModelOpt (max,
+chapter 09), and the partially quantized graph (chapter 11's float set for +3 dB). Per side: nuScenes AP per class,
+ATE/ASE/AOE, boxes, the SQNR against fp32 at each graph boundary, the share of feature pixels whose most likely
+depth bin is fp32's, and the first stage below ``diagnosis.MIN_SQNR_DB`` (``diagnosis.side_summary``).
+
+Writes ``benchmarks/results/precision_by_detection.json`` (with the run's machine, versions and commit); chapter 13
+renders it. Runs for minutes on a 2-core CPU (calibrations, exports, and every side on every scene).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULT = ROOT / "benchmarks" / "results" / "precision_by_detection.json"
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def build_sides(calibration: list[int]) -> dict:
+    """Export every side's graphs under ``build/precision`` → ``{"fp32": Graphs, label: (Graphs, calibration scenes
+    or None), …}``."""
+    import bevnb
+    from bevnb import quant, sensitivity
+    from bevnb import quant_modelopt as qm
+    from bevnb.diagnosis import Graphs
+    from bevnb.evaluation import trained_detector
+    from bevnb.export import export_head
+    from bevnb.paths import TRAINED_WEIGHTS, build_dir
+
+    head_dir = build_dir("precision", "head")
+    export_head(trained_detector().head, head_dir, verbose=False)
+
+    def graphs(model: bevnb.CameraBranch, name: str, precision: str = "int8", **kw: object) -> Graphs:
+        out = build_dir("precision", name)
+        bevnb.export_camera(model, out, precision, verbose=False)
+        return Graphs(out, head_dir=head_dir, **kw)
+
+    weights = bevnb.build_camera_model(TRAINED_WEIGHTS)
+    sides = {"fp16 numerics": (graphs(weights, "fp16", "fp16", half=True, label="fp16 numerics"), None)}
+    default = None
+    for n in calibration:
+        model = quant.quantize_camera(bevnb.build_camera_model(TRAINED_WEIGHTS))
+        quant.calibrate(model, n, "mse", progress=False)
+        label = f"int8, pytorch-quantization (MSE, {n} scene{'s' if n > 1 else ''})"
+        sides[label] = (graphs(model, f"int8-{n}", label=label), n)
+        if n == quant.DEFAULT_CALIB_SAMPLES:
+            default = model
+    mo = qm.quantize_camera_modelopt(bevnb.build_camera_model(TRAINED_WEIGHTS))
+    qm.calibrate_modelopt(mo, quant.DEFAULT_CALIB_SAMPLES, "max", progress=False)
+    label = f"int8, ModelOpt (max, {quant.DEFAULT_CALIB_SAMPLES} scenes)"
+    sides[label] = (graphs(mo, "int8-modelopt", label=label), quant.DEFAULT_CALIB_SAMPLES)
+    if default is not None:  # chapter 11: the float set that brings the front camera's pooled BEV +3 dB closer
+        held_out = bevnb.make_sample("synthetic", seed=quant.HELD_OUT_SEED)
+        analysis = sensitivity.analyse(default, held_out, cameras=(0,), progress=False)
+        chosen, _ = analysis.shortest_float_set(analysis.baseline["bev"] + 3.0)
+        label = f"partial int8 ({len(chosen)} units in float, chapter 11)"
+        with sensitivity.left_in_float(chosen):
+            sides[label] = (graphs(default, "int8-partial", label=label), quant.DEFAULT_CALIB_SAMPLES)
+    return {"fp32": Graphs(build_dir("precision", "fp16"), head_dir=head_dir, label="fp32"), **sides}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scenes", type=int, default=20, help="held-out scenes (seeds 1000 …)")
+    p.add_argument("--calibration", type=int, nargs="+", default=[1, 2, 8, 32], help="calibration scene counts")
+    p.add_argument("--out", type=Path, default=RESULT)
+    args = p.parse_args(argv)
+
+    import torch
+
+    from bevnb import quant
+    from bevnb.diagnosis import diagnose_many, side_summary
+
+    start = time.monotonic()
+    built = build_sides(args.calibration)
+    reference = built.pop("fp32")
+    export_seconds = time.monotonic() - start
+    seeds = range(quant.HELD_OUT_SEED, quant.HELD_OUT_SEED + args.scenes)
+    diagnoses = diagnose_many(reference, [g for g, _ in built.values()], seeds)
+    sides = {}
+    for (label, (_, calibration)), d in zip(built.items(), diagnoses, strict=True):
+        sides[label] = {"calibration_scenes": calibration, **side_summary(d)}
+        print(d.verdict())
+    record = {
+        "run": {
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "commit": _commit(),
+            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+            "versions": {p: version(p) for p in ("torch", "onnxruntime", "pytorch-quantization", "nvidia-modelopt")},
+            "seconds": round(time.monotonic() - start, 1),
+            "export_seconds": round(export_seconds, 1),
+        },
+        "scenes": list(seeds),
+        "min_sqnr_db": diagnoses[0].min_sqnr_db,
+        "fp32": diagnoses[0].scores["fp32"].to_json(),
+        "calibration_sweep": {str(c): label for label, (_, c) in built.items() if "pytorch-quantization" in label},
+        "sides": sides,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {args.out} ({record['run']['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
