@@ -10,8 +10,9 @@ chapter 09), and the partially quantized graph (chapter 11's float set for +3 dB
 ATE/ASE/AOE, boxes, the SQNR against fp32 at each graph boundary, the share of feature pixels whose most likely
 depth bin is fp32's, and the first stage below ``diagnosis.MIN_SQNR_DB`` (``diagnosis.side_summary``).
 
-Writes ``benchmarks/results/precision_by_detection.json`` (with the run's machine, versions and commit); chapter 13
-renders it. Runs for minutes on a 2-core CPU (calibrations, exports, and every side on every scene).
+Writes ``benchmarks/results/precision/precision_by_detection.json`` (with the run's machine, versions and commit;
+not beside the bev_pool results, which chapter 06 reads as a set); chapter 13 renders it. Runs for minutes on a
+2-core CPU (calibrations, exports, and every side on every scene).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULT = ROOT / "benchmarks" / "results" / "precision_by_detection.json"
+RESULT = ROOT / "benchmarks" / "results" / "precision" / "precision_by_detection.json"
 
 
 def _commit() -> str:

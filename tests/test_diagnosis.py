@@ -168,7 +168,7 @@ def test_the_recorded_precision_table_has_every_side_and_its_fp32_is_chapter_12s
     from bevnb.paths import CHECKOUT
     from bevnb.viz_detection import map_against_calibration
 
-    record = json.loads((CHECKOUT / "benchmarks" / "results" / "precision_by_detection.json").read_text())
+    record = json.loads((CHECKOUT / "benchmarks" / "results" / "precision" / "precision_by_detection.json").read_text())
     fp32, pytorch = DetectorEvaluation.from_json(record["fp32"]), recorded_evaluation()
     assert record["scenes"] == pytorch.seeds == list(range(1000, 1020))
     assert fp32.ground_truth == pytorch.ground_truth
