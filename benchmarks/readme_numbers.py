@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -284,16 +283,17 @@ def measure() -> list[Row]:
     zeros = quant.quantize_camera(bevnb.build_camera_model(TRAINED_WEIGHTS))
     quant.calibrate(zeros, [quant.backbone_inputs(bevnb.make_sample("zeros"))], "mse", progress=False)
     bevnb.export_camera(zeros, build_dir("readme", "int8-zeros"), "int8", verbose=False)
-    sides = {
-        "fp16 numerics": Graphs(files["camera.backbone.onnx"].path.parent, half=True, head_dir=head_dir),
-        "int8, pytorch-quantization (MSE)": Graphs(int8_path.parent, head_dir=head_dir),
-        "int8, ModelOpt (max)": Graphs(mo_files["camera.backbone.onnx"].path.parent, head_dir=head_dir),
-        "int8 calibrated on the all-zero export sample": Graphs(build_dir("readme", "int8-zeros"), head_dir=head_dir),
-    }
-    sides = {label: replace(g, label=label) for label, g in sides.items()}
+    fp16_dir, mo_dir = files["camera.backbone.onnx"].path.parent, mo_files["camera.backbone.onnx"].path.parent
+    sides = [
+        Graphs(fp16_dir, half=True, head_dir=head_dir, label="fp16 numerics"),
+        Graphs(int8_path.parent, head_dir=head_dir, label="int8, pytorch-quantization (MSE)"),
+        Graphs(mo_dir, head_dir=head_dir, label="int8, ModelOpt (max)"),
+        Graphs(
+            build_dir("readme", "int8-zeros"), head_dir=head_dir, label="int8 calibrated on the all-zero export sample"
+        ),
+    ]
     scenes = range(quant.HELD_OUT_SEED, quant.HELD_OUT_SEED + 4)
-    reference = Graphs(files["camera.backbone.onnx"].path.parent, head_dir=head_dir, label="fp32")
-    diagnoses = diagnose_many(reference, list(sides.values()), scenes, progress=False)
+    diagnoses = diagnose_many(Graphs(fp16_dir, head_dir=head_dir, label="fp32"), sides, scenes, progress=False)
     fp32 = diagnoses[0].scores["fp32"]
     rows.append(
         (
@@ -303,13 +303,12 @@ def measure() -> list[Row]:
     )
     for d in diagnoses:
         found = d.scores[d.labels[1]]
-        depth = next(st for st in d.stages if st.stage == "camera_depth_weights")
         rows.append(
             (
                 f"{d.labels[1]} vs fp32, by stage and by boxes, 4 held-out scenes (chapter 13)",
                 f"{sum(found.predicted.values())} boxes, mAP {found.mean_ap:.3f}; lowest SQNR "
-                f"{min(st.sqnr_db for st in d.stages):.1f} dB; most likely depth bin unchanged on "
-                f"{100 * depth.bin_agreement:.2f} % of the pixels; "
+                f"{d.lowest_sqnr_db:.1f} dB; most likely depth bin unchanged on "
+                f"{100 * d.depth_bin_agreement:.2f} % of the pixels; "
                 + (f"first stage below {d.min_sqnr_db:g} dB: {d.broken.stage}" if d.broken else "every stage agrees"),
             )
         )

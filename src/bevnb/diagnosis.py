@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -122,11 +122,21 @@ class Diagnosis:
     stages: list[StageAgreement]
     scores: dict[str, DetectorEvaluation]
     min_sqnr_db: float
-    seeds: list[int] = field(default_factory=list)
+    seeds: list[int]
 
     @property
     def broken(self) -> StageAgreement | None:
         return next((s for s in self.stages if not s.agrees(self.min_sqnr_db)), None)
+
+    @property
+    def lowest_sqnr_db(self) -> float:
+        """The lowest SQNR over every stage."""
+        return min(s.sqnr_db for s in self.stages)
+
+    @property
+    def depth_bin_agreement(self) -> float:
+        """Share of feature pixels whose most likely depth bin is the reference's (``StageAgreement.bin_agreement``)."""
+        return next(s for s in self.stages if s.stage == DEPTH_STAGE).bin_agreement
 
     def verdict(self) -> str:
         """One line: where agreement breaks, and the boxes and mAP of both sides."""
@@ -191,8 +201,8 @@ def side_summary(d: Diagnosis) -> dict:
     return {
         "evaluation": d.scores[d.labels[1]].to_json(),
         "sqnr_db": {b: stages[b].sqnr_db for b in BOUNDARIES} | {"heatmaps": heatmaps},
-        "lowest_sqnr_db": min(s.sqnr_db for s in d.stages),
-        "depth_bin_agreement": stages[DEPTH_STAGE].bin_agreement,
+        "lowest_sqnr_db": d.lowest_sqnr_db,
+        "depth_bin_agreement": d.depth_bin_agreement,
         "first_break": d.broken.stage if d.broken else None,
     }
 
@@ -298,7 +308,9 @@ def diagnose_many(
     seeds = list(seeds)
     if not seeds:
         raise ValueError("diagnose needs at least one scene")
-    inner = [_shared_checkpoints(reference, t) for t in tests]  # per test: {file: [(label, tensor)]}
+    reference_graphs = {f: _load(reference, f) for f in (BACKBONE_FILE, VTRANSFORM_FILE)}
+    reference.path(HEAD_FILE)  # the head graph is compared at its outputs (its maps) only, but must be there
+    inner = [_shared_checkpoints(reference_graphs, t) for t in tests]  # per test: {file: [(label, tensor)]}
     wanted = {file: list(dict.fromkeys(t for pairs in inner for _, t in pairs[file])) for file in inner[0]}
 
     def split(g: Graphs, extra: dict[str, list[str]]) -> SplitDetector:
@@ -328,15 +340,15 @@ def diagnose_many(
     ]
 
 
-def _shared_checkpoints(reference: Graphs, test: Graphs) -> dict[str, list[tuple[str, str]]]:
-    """Per camera graph, the checkpoints both sides' graphs share (``checkpoints``: label, tensor name); the head
-    graph is compared at its outputs only (its maps), but must be there."""
-    shared = {}
-    for file in (BACKBONE_FILE, VTRANSFORM_FILE):
-        ref, out = (onnx.load(str(g.path(file)), load_external_data=False) for g in (reference, test))
-        shared[file] = checkpoints(ref, out)
-    reference.path(HEAD_FILE), test.path(HEAD_FILE)
-    return shared
+def _load(graphs: Graphs, file: str) -> onnx.ModelProto:
+    return onnx.load(str(graphs.path(file)), load_external_data=False)
+
+
+def _shared_checkpoints(reference: dict[str, onnx.ModelProto], test: Graphs) -> dict[str, list[tuple[str, str]]]:
+    """Per camera graph (``reference``: by file name), the checkpoints it shares with ``test``'s (``checkpoints``:
+    label, tensor name); ``test`` must hold a head graph too."""
+    test.path(HEAD_FILE)
+    return {file: checkpoints(graph, _load(test, file)) for file, graph in reference.items()}
 
 
 def _stage_keys(inner: dict[str, list[tuple[str, str]]], head: HeadConfig) -> list[tuple[str, str]]:
