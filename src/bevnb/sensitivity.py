@@ -13,6 +13,11 @@ a time).
   Bottleneck and neck outputs computed before that unit's first quantizer (they cannot depend on it).
 * ``Sensitivity.shortest_float_set``: the ranking's head, grown one unit at a time until the pooled BEV reaches the
   target SQNR (greedy: the shortest head of this ranking, not a search over all subsets).
+* ``analyse_by_detection``: the same one-unit-in-float runs judged by detection, on every camera of several held-out
+  scenes: the detector's nuScenes mAP over the scenes (``evaluation.SceneScores``), each scene's own mAP (the
+  spread) and the pooled BEV's SQNR per scene, for fp32, all of int8 and each unit in float
+  (``DetectionSensitivity``, plain data that a benchmark records and a chapter renders);
+  ``float_set_for_map_loss`` grows the head of its ranking until the mAP lost to int8 is within a target.
 """
 
 from __future__ import annotations
@@ -20,20 +25,26 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from . import quant
 from .bevpool import bev_pool
+from .data import make_sample
+from .detection import evaluate
+from .evaluation import DetectorEvaluation, SceneScores
 from .geometry import plan_bev_pool
 from .metrics import compare
-from .model import CameraBranch
+from .model import CameraBranch, DetectionHead, Detector
 from .model.resnet import Bottleneck
+from .rig import Rig, as_rig
 from .subclass import BACKBONE_IO, SubclassCameraModule
 from .tables import Table
 
 OUTPUTS = (*BACKBONE_IO[1], "bev")  # camera_feature, camera_depth_weights, the BEV pooled from the camera subset
+FP32, ALL_INT8 = "fp32", "none (all int8)"  # the two reference rows of a DetectionSensitivity
 
 
 @dataclass
@@ -174,6 +185,162 @@ def analyse(model: CameraBranch, sample: dict, cameras: Sequence[int] = (0,), pr
     baseline = {o: compare(reference[o], quantized[o])["sqnr_db"] for o in OUTPUTS}
     sqnr = {unit.name: run([unit]) for unit in tqdm(units, desc="one unit in float", disable=not progress)}
     return Sensitivity(units, baseline, sqnr, cameras, run)
+
+
+@dataclass
+class DetectionSensitivity:
+    """What ``analyse_by_detection`` measured on the scenes of ``seeds``, by row label (``FP32``, ``ALL_INT8`` and
+    each unit's name, that unit alone in float): the detector's ``evaluations`` over all scenes, each scene's own mAP
+    (``scene_map``) and the pooled BEV's SQNR against fp32 per scene (``bev_sqnr``, not for ``FP32``);
+    ``qdq_pairs``: each unit's Q/DQ pairs. Plain data: ``to_json`` / ``from_json`` round-trip it."""
+
+    seeds: list[int]
+    evaluations: dict[str, DetectorEvaluation]
+    scene_map: dict[str, list[float]]
+    bev_sqnr: dict[str, list[float]]
+    qdq_pairs: dict[str, int]
+
+    @property
+    def units(self) -> list[str]:
+        return list(self.qdq_pairs)
+
+    def map_gain(self, label: str) -> float:
+        """mAP over all scenes with ``label``'s unit in float, minus all of int8's."""
+        return self.evaluations[label].mean_ap - self.evaluations[ALL_INT8].mean_ap
+
+    def ranking(self) -> list[str]:
+        """Units by the mAP gained with that unit in float, highest first; ties by the mean BEV SQNR."""
+        return sorted(self.units, key=lambda u: (self.map_gain(u), _mean(self.bev_sqnr[u])), reverse=True)
+
+    def sqnr_ranking(self) -> list[str]:
+        """Units by the mean pooled-BEV SQNR with that unit in float, highest first."""
+        return sorted(self.units, key=lambda u: _mean(self.bev_sqnr[u]), reverse=True)
+
+    def table(self, top: int | None = None) -> Table:
+        """``ranking()``'s first ``top`` units, then the all-int8 and fp32 rows: mAP over the scenes, its gain, each
+        scene's mAP gain (mean ± standard deviation), boxes, and the pooled BEV's SQNR (mean ± standard deviation)."""
+        base = self.scene_map[ALL_INT8]
+
+        def row(rank: object, label: str) -> tuple:
+            e = self.evaluations[label]
+            gains = [a - b for a, b in zip(self.scene_map[label], base, strict=True)]
+            sqnr = self.bev_sqnr.get(label, [])
+            return (
+                rank,
+                label,
+                self.qdq_pairs.get(label, ""),
+                e.mean_ap,
+                self.map_gain(label),
+                f"{_mean(gains):+.4f} ± {_std(gains):.4f}",
+                sum(e.predicted.values()),
+                f"{_mean(sqnr):.2f} ± {_std(sqnr):.2f}" if sqnr else "",
+            )
+
+        rows = [row(rank, unit) for rank, unit in enumerate(self.ranking()[:top], 1)]
+        rows += [row("", ALL_INT8), row("", FP32)]
+        columns = ("rank", "left in float", "Q/DQ pairs", "mAP", "mAP gain", "per-scene gain", "boxes", "BEV SQNR dB")
+        title = f"sensitivity by detection: one unit in float at a time ({len(self.seeds)} held-out scenes)"
+        return Table(rows, columns, title)
+
+    def to_json(self) -> dict:
+        return {
+            "seeds": self.seeds,
+            "evaluations": {label: e.to_json() for label, e in self.evaluations.items()},
+            "scene_map": self.scene_map,
+            "bev_sqnr": self.bev_sqnr,
+            "qdq_pairs": self.qdq_pairs,
+        }
+
+    @classmethod
+    def from_json(cls, record: dict) -> DetectionSensitivity:
+        evaluations = {label: DetectorEvaluation.from_json(e) for label, e in record["evaluations"].items()}
+        return cls(record["seeds"], evaluations, record["scene_map"], record["bev_sqnr"], record["qdq_pairs"])
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _std(values: Sequence[float]) -> float:
+    mean = _mean(values)
+    return (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
+
+
+@torch.no_grad()
+def analyse_by_detection(
+    model: CameraBranch,
+    head: DetectionHead,
+    seeds: Sequence[int],
+    rig: Rig | str | Path | None = None,
+    progress: bool = True,
+) -> DetectionSensitivity:
+    """The detector of a calibrated ``quant.quantize_camera`` model and ``head`` on the synthetic scenes of
+    ``seeds`` (every camera): fp32, all of int8, and each unit alone in float (see the module docstring). Each
+    unit's run replays the all-int8 run's Bottleneck and neck outputs computed before its first quantizer."""
+    from tqdm import tqdm
+
+    if not quant.is_calibrated(model):
+        raise ValueError("sensitivity needs a quantized, calibrated model (bevnb.quant.prepare_int8)")
+    seeds, rig = list(seeds), as_rig(rig)
+    if not seeds:
+        raise ValueError("sensitivity by detection needs at least one scene")
+    detector = Detector(model, head).eval()
+    units = sensitivity_units(model)
+    scores = {label: SceneScores(detector) for label in (FP32, ALL_INT8, *(u.name for u in units))}
+    bev_sqnr: dict[str, list[float]] = {label: [] for label in list(scores)[1:]}
+    with tqdm(total=len(seeds) * len(scores), desc="scenes × rows", disable=not progress) as bar:
+        for seed in seeds:
+            sample = make_sample("synthetic", seed=seed, rig=rig)
+            with quant.quiet_logs(), quant.quantization_disabled(model):
+                reference = scores[FP32].add(sample, seed)[0]["bev"]
+            with quant.quiet_logs(), _recording(model, units) as record:
+                bev = scores[ALL_INT8].add(sample, seed)[0]["bev"]
+            bev_sqnr[ALL_INT8].append(compare(reference, bev)["sqnr_db"])
+            bar.update(2)
+            for unit in units:
+                with quant.quiet_logs(), left_in_float([unit]), record.replaying_before(record.first_call[unit.name]):
+                    bev = scores[unit.name].add(sample, seed)[0]["bev"]
+                bev_sqnr[unit.name].append(compare(reference, bev)["sqnr_db"])
+                bar.update()
+    names = detector.class_names
+    scene_map = {
+        label: [evaluate([p], [t], names).mean_ap for p, t in zip(s.predictions, s.truth, strict=True)]
+        for label, s in scores.items()
+    }
+    evaluations = {label: s.result() for label, s in scores.items()}
+    return DetectionSensitivity(seeds, evaluations, scene_map, bev_sqnr, {u.name: u.qdq_pairs for u in units})
+
+
+def float_set_for_map_loss(
+    model: CameraBranch,
+    head: DetectionHead,
+    result: DetectionSensitivity,
+    max_loss: float,
+    rig: Rig | str | Path | None = None,
+    progress: bool = True,
+) -> tuple[list[Unit], list[float]]:
+    """The shortest head of ``result.ranking()`` whose units, left in float together, keep the mAP lost to int8 on
+    ``result``'s scenes within ``max_loss`` of its fp32 mAP, and the mAP after each unit was added (empty when all
+    of int8 already is). ValueError when even the whole ranking does not."""
+    from tqdm import tqdm
+
+    fp32 = result.evaluations[FP32].mean_ap
+    if fp32 - result.evaluations[ALL_INT8].mean_ap <= max_loss:
+        return [], []
+    by_name = {u.name: u for u in sensitivity_units(model)}
+    detector = Detector(model, head).eval()
+    chosen: list[Unit] = []
+    path: list[float] = []
+    for name in tqdm(result.ranking(), desc="growing the float set", disable=not progress):
+        chosen.append(by_name[name])
+        scores = SceneScores(detector)
+        with quant.quiet_logs(), left_in_float(chosen):
+            for seed in result.seeds:
+                scores.add(make_sample("synthetic", seed=seed, rig=as_rig(rig)), seed)
+        path.append(scores.result().mean_ap)
+        if fp32 - path[-1] <= max_loss:
+            return chosen, path
+    raise ValueError(f"int8 loses more than {max_loss} mAP even with every unit in float")
 
 
 class _Record:
