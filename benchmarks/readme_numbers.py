@@ -157,7 +157,7 @@ def measure() -> list[Row]:
     rows.append(
         (
             f"int8 backbone, ModelOpt {version('nvidia-modelopt')} vs pytorch-quantization "
-            f"{version('pytorch-quantization')} (chapter 09)",
+            f"{version('pytorch-quantization')} (chapter 10)",
             f"{'the same' if diff.same else 'NOT the same'} quantized tensors and scale sharing; "
             f"{diff.counts['pq']['QuantizeLinear nodes']} vs {diff.counts['mo']['QuantizeLinear nodes']} "
             "QuantizeLinear",
@@ -170,13 +170,13 @@ def measure() -> list[Row]:
     )
     rows.append(
         (
-            "int8 vs fp32, held-out scene, ONNX Runtime (feature / depth weights / pooled BEV) (chapter 09)",
+            "int8 vs fp32, held-out scene, ONNX Runtime (feature / depth weights / pooled BEV) (chapter 10)",
             "; ".join(f"{r[0]}: {' / '.join(f'{float(v):.1f}' for v in r[2::2])} dB" for r in accuracy.rows),
         )
     )
     rows.append(
         (
-            f"calibration ({len(scenes)} scenes) / int8 export + onnxsim (chapter 09)",
+            f"calibration ({len(scenes)} scenes) / int8 export + onnxsim (chapter 10)",
             f"pytorch-quantization {pq_seconds:.1f} s / {int8_files['camera.backbone.onnx'].seconds:.1f} s; "
             f"ModelOpt, max {mo_seconds:.1f} s / {mo_files['camera.backbone.onnx'].seconds:.1f} s",
         )
@@ -188,7 +188,7 @@ def measure() -> list[Row]:
     )
     rows.append(
         (
-            f"onnxsim {version('onnxsim')} vs onnxslim {version('onnxslim')}, int8 backbone (chapter 10)",
+            f"onnxsim {version('onnxsim')} vs onnxslim {version('onnxslim')}, int8 backbone (chapter 11)",
             "; ".join(
                 f"{r.simplifier}: {'keeps' if r.kept_quantized else 'CHANGES'} the quantized tensors, "
                 f"ORT max rel. Δ {r.parity:.2g}, {r.seconds:.2f} s"
@@ -202,13 +202,13 @@ def measure() -> list[Row]:
     gains = ", ".join(
         f"{u.name} {analysis.sqnr[u.name]['bev'] - analysis.baseline['bev']:+.2f} dB" for u in ranking[:5]
     )
-    rows.append(("sensitivity, front camera (pooled-BEV gain, one unit in float) (chapter 11)", gains))
-    gain = 3.0  # chapter 11's TARGET_GAIN_DB
+    rows.append(("sensitivity, front camera (pooled-BEV gain, one unit in float) (chapter 12)", gains))
+    gain = 3.0  # chapter 12's TARGET_GAIN_DB
     chosen, path = analysis.shortest_float_set(analysis.baseline["bev"] + gain)
     pairs = sum(u.qdq_pairs for u in analysis.units)
     rows.append(
         (
-            f"float set for {gain:+g} dB over all int8, front camera (chapter 11)",
+            f"float set for {gain:+g} dB over all int8, front camera (chapter 12)",
             f"{len(chosen)} units ({analysis.baseline['bev']:.1f} → {path[-1]:.1f} dB), "
             f"{pairs - sum(u.qdq_pairs for u in chosen)} of {pairs} Q/DQ pairs left",
         )
@@ -265,14 +265,14 @@ def measure() -> list[Row]:
     for name, m in evaluation.metrics.classes.items():
         rows.append(
             (
-                f"detector, fp32, {name}, 20 held-out scenes (chapter 12)",
+                f"detector, fp32, {name}, 20 held-out scenes (chapter 09)",
                 f"mAP {m.mean_ap:.3f} (AP {' / '.join(f'{v:.3f}' for v in m.ap.values())} at "
                 f"{' / '.join(f'{t:g}' for t in m.ap)} m); ATE {m.ate:.3f} m, ASE {m.ase:.3f}, AOE {m.aoe:.3f} rad",
             )
         )
     rows.append(
         (
-            "depth: most likely bin within one bin of the truth, 20 held-out scenes (chapter 12)",
+            "depth: most likely bin within one bin of the truth, 20 held-out scenes (chapter 09)",
             f"{100 * evaluation.depth.share('lidar in patch'):.1f} % where a lidar point falls, "
             f"{100 * evaluation.depth.share('no lidar in patch'):.1f} % where none does; {seconds:.0f} s for 20 scenes",
         )

@@ -2,7 +2,7 @@
 
     python benchmarks/sensitivity_by_detection.py [--scenes 8] [--max-loss 0.01]
 
-Chapter 11 ranks the units of the int8 camera branch by the SQNR of one camera of one scene, which is quick but
+Chapter 12 ranks the units of the int8 camera branch by the SQNR of one camera of one scene, which is quick but
 does not hold still from run to run. This runs ``bevnb.sensitivity.analyse_by_detection`` on chapter 04's int8
 model (the shipped trained weights, MSE calibration on the default frames) with the shipped head, twice: on held-out
 scenes ``1000 …`` and on the next, disjoint ``--scenes`` ones. Each run: fp32, all of int8 and each of the units alone
@@ -11,7 +11,7 @@ pooled BEV's SQNR per scene. Then the float set that keeps the mAP lost to int8 
 run's scenes (``float_set_for_map_loss``), exported, with its predicted and its counted Q/DQ pairs.
 
 Writes ``benchmarks/results/precision/sensitivity_by_detection.json`` (with the run's machine, versions and commit);
-chapter 11 renders it. Runs for about half an hour on a 2-core CPU.
+chapter 12 renders it. Runs for about half an hour on a 2-core CPU.
 """
 
 from __future__ import annotations

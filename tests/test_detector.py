@@ -272,7 +272,7 @@ def test_evaluate_detector_refuses_another_rig(seeded, five_rig):
 @pytest.mark.slow
 def test_the_shipped_weights_reproduce_their_recorded_scores():
     """``training/evaluate.py`` recorded the shipped weights' scores on the first held-out scenes (``evaluation.json``,
-    ``subset``, the scenes chapter 12 evaluates). Evaluated again: the same ground truth, the predicted boxes within
+    ``subset``, the scenes chapter 09 evaluates). Evaluated again: the same ground truth, the predicted boxes within
     one, mAP and every AP within 0.01 and the depth shares within 0.2 points (another CPU may sum in another order, so
     a peak near the score threshold may come or go)."""
     from bevnb.evaluation import evaluate_detector, trained_detector
@@ -297,7 +297,7 @@ def test_the_shipped_weights_reproduce_their_recorded_scores():
 
 def test_the_recorded_evaluation_reads_back_as_it_was_written():
     """``evaluation.json`` ↔ ``DetectorEvaluation``: ``from_json`` then ``to_json`` is the record again, and the
-    tables chapter 12 shows come from it."""
+    tables chapter 09 shows come from it."""
     from bevnb.evaluation import DetectorEvaluation, recorded_evaluation
 
     record = json.loads(TRAINING_EVALUATION.read_text())

@@ -134,28 +134,36 @@ def head_dir(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_fp16_numerics_and_int8_against_fp32_on_one_scene(onnx_dirs, head_dir):
-    """The default weights' float graphs against themselves with fp16 numerics and against the int8 graphs (chapter
-    04's calibration), one held-out scene: fp16 agrees everywhere, int8 keeps the boxes, and every stage is listed in
-    pipeline order, from the stem to the head's maps."""
+def test_int8_agrees_and_an_fp16_overflow_breaks_at_bev_pool_on_one_scene(onnx_dirs, head_dir, trained, tmp_path):
+    """One held-out scene: chapter 04's int8 graphs against the float graphs agree at every stage, listed in pipeline
+    order from the stem to the head's maps, and keep the boxes; float graphs whose features are 512 times larger
+    (``failures.features_scaled``: the same network in fp32) break at bev_pool under fp16 numerics and lose every
+    box. fp16 numerics on the shipped weights agreeing everywhere is the recorded table's test, below."""
     from bevnb.diagnosis import Graphs
+    from bevnb.export import export_camera
+    from bevnb.failures import features_scaled
 
     fp32 = Graphs(onnx_dirs("fp16"), head_dir=head_dir, label="fp32")
-    half = Graphs(onnx_dirs("fp16"), half=True, head_dir=head_dir, label="fp16 numerics")
     int8 = Graphs(onnx_dirs("int8"), head_dir=head_dir, label="int8")
-    fp16_result, int8_result = diagnose_many(fp32, [half, int8], [1000], progress=False)
-    stages = [s.stage for s in fp16_result.stages]
+    export_camera(features_scaled(trained, 512.0), tmp_path, "fp16", verbose=False)
+    scaled = Graphs(tmp_path, head_dir=head_dir, label="fp32, features x512")
+    (int8_result,) = diagnose_many(fp32, [int8], [1000], progress=False)
+    (overflow,) = diagnose_many(scaled, [Graphs(tmp_path, True, "fp16, features x512", head_dir)], [1000], False)
+    stages = [s.stage for s in int8_result.stages]
     assert stages[:2] == ["backbone.relu", "backbone.layer1.0"] and "backbone.layer4.2" in stages
     assert stages.index("camera_feature") < stages.index("bev_pool") < stages.index("vtransform output")
     assert stages[-12:] == [f"{m}_{t}" for t in (0, 1) for m in ("reg", "height", "dim", "rot", "vel", "heatmap")]
-    by = {s.stage: s for s in fp16_result.stages}
-    assert fp16_result.broken is None and min(s.sqnr_db for s in fp16_result.stages) > 30.0
-    assert by["camera_depth_weights"].bin_agreement > 0.99
+    by = {s.stage: s for s in int8_result.stages}
     assert by["camera_depth_weights"].shape == [6, 118, 32, 88] and by["bev_pool"].shape == [1, 80, 360, 360]
+    assert 0.85 < by["camera_depth_weights"].bin_agreement < 0.99
     boxes = {label: sum(e.predicted.values()) for label, e in int8_result.scores.items()}
     assert boxes["fp32"] > 0 and abs(boxes["int8"] - boxes["fp32"]) <= 0.2 * boxes["fp32"]
-    assert int8_result.broken is None, int8_result.verdict()
+    assert int8_result.broken is None and int8_result.unshared == [], int8_result.verdict()
     assert "every stage agrees" in int8_result.verdict()
+    assert overflow.broken is not None and overflow.broken.stage == "bev_pool", overflow.verdict()
+    assert overflow.broken.nonfinite > 0 and overflow.broken.peak > 65504
+    assert all(s.agrees(overflow.min_sqnr_db) for s in overflow.stages[: overflow.stages.index(overflow.broken)])
+    assert sum(overflow.scores["fp16, features x512"].predicted.values()) == 0
 
 
 def test_the_recorded_precision_table_has_every_side_and_its_fp32_is_chapter_12s():

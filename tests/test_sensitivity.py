@@ -75,7 +75,7 @@ def r50_int8() -> bevnb.CameraBranch:
 
 @pytest.mark.slow
 def test_the_most_sensitive_units_matter_more_and_the_partial_graph_has_the_predicted_pairs(r50_int8, tmp_path):
-    """Chapter 11 on the front camera of the held-out scene: leaving the three most sensitive units in float brings
+    """Chapter 12 on the front camera of the held-out scene: leaving the three most sensitive units in float brings
     the pooled BEV closer to fp32 than leaving the three least sensitive ones; the shortest head of the ranking that
     gains 3 dB, exported, holds 128 minus its units' pairs; and a replayed run equals a full forward."""
     held_out = make_sample("synthetic", seed=quant.HELD_OUT_SEED)

@@ -4,7 +4,7 @@
 
 Held-out scenes are seeds ``quant.HELD_OUT_SEED …`` (never used for training nor for int8 calibration). Writes
 ``evaluation.json`` next to the weights: per class AP at each distance threshold, mAP, ATE, ASE, AOE, box counts,
-the depth-within-one-bin shares, the seeds, and the same for the first ``--subset`` scenes alone (what chapter 12
+the depth-within-one-bin shares, the seeds, and the same for the first ``--subset`` scenes alone (what chapter 09
 evaluates live and what ``tests/test_detector.py`` reproduces). The README's and the chapters' detection numbers
 come from this file or from a run of the same code.
 """

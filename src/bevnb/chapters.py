@@ -27,23 +27,23 @@ SUMMARIES = {  # chapter → what you build and see; chapter 00's table and the 
     "ONNX Runtime against PyTorch; why `dynamo=False`",
     "04_fake_quant_export": "PTQ with pytorch-quantization: BN folding, Q/DQ placement, shared quantizers, "
     "calibration, the int8 export, accuracy against fp32",
-    "05_graph_inspection": "both graphs through I/O, op, Q/DQ and shape tables, a module tree, drawings, an "
-    "fp16↔int8 diff, Netron inline",
+    "05_graph_inspection": "both graphs through I/O, op, Q/DQ and shape tables, a module tree, drawings, Netron inline",
     "06_triton_bev_pool": "the frustum geometry and the plan; three Triton kernels (interval, cell-tile, point-block); "
     "parity; the compiler's view and a traffic model; benchmark",
     "07_split_pipeline": "ONNX Runtime → Triton → ONNX Runtime against PyTorch, stage by stage; BEV pictures; the "
     "oracle lift; stage timings",
     "08_your_own_rig": "a rig file of your own car: cameras, input size, grid; export, the plan on a non-square grid, "
     "the split and the oracle on it; CUDA-BEVFusion's example-data",
-    "09_int8_modelopt": "the int8 recipe with TensorRT Model Optimizer beside pytorch-quantization: placement, amax "
-    "name by name, accuracy and time",
-    "10_onnx_simplifiers": "onnxsim and onnxslim on both int8 graphs: nodes, Q/DQ kept, parity, time; the pick",
-    "11_int8_sensitivity": "each unit left in float alone, ranked by pooled-BEV SQNR; the shortest float set for a "
-    "target, exported",
-    "12_a_camera_branch_that_sees": "the detection head after the camera BEV; training curves from the log; boxes on "
+    "09_a_camera_branch_that_sees": "the detection head after the camera BEV; training curves from the log; boxes on "
     "the cameras and from above against ground truth; nuScenes mAP and depth on held-out scenes; `head.bbox.onnx`",
-    "13_when_int8_finds_no_boxes": "two deployments side by side, stage by stage (`bevnb diagnose`): fp16 numerics, "
-    "int8, and int8 calibrated on the export sample, where it parts and the boxes it loses",
+    "10_int8_modelopt": "the int8 recipe with TensorRT Model Optimizer beside pytorch-quantization: placement, amax "
+    "name by name, accuracy and time",
+    "11_onnx_simplifiers": "onnxsim and onnxslim on both int8 graphs: nodes, Q/DQ kept, parity, time; the pick",
+    "12_int8_sensitivity": "each unit left in float alone, ranked by pooled-BEV SQNR and by mAP over two disjoint "
+    "scene sets; the shortest float set for a target, exported",
+    "13_when_int8_finds_no_boxes": "two deployments side by side, stage by stage (`bevnb diagnose`): four failures "
+    "users meet (calibrated on the export sample or on another rig's frames, an fp16 overflow, a Concat at two "
+    "scales), where each parts, the boxes it loses, and its fix",
 }
 CHAPTERS = tuple(SUMMARIES)
 

@@ -17,6 +17,10 @@ stage whose SQNR falls below ``min_sqnr_db``, or that turns non-finite, is **whe
 boxes are scored against the scenes' ground truth (``evaluation.SceneScores``: nuScenes mAP, box counts), so one
 report links the stage to the boxes lost.
 
+One failure has no number to show in ONNX Runtime: a Concat or Add whose quantized inputs carry different scales
+computes as well as one whose inputs share a scale, but TensorRT cannot keep it in int8. ``unshared_scales`` finds
+such nodes in the test side's graphs, and the verdict names them.
+
 Either side may run with half-precision numerics (``half``: ``numerics.half_rounded``), so the same call compares
 fp32 with fp16 numerics, fp16 with int8, or two int8 graphs (two calibrations, with and without a fix).
 """
@@ -30,11 +34,12 @@ from pathlib import Path
 
 import onnx
 import torch
+from onnx import numpy_helper
 from torch import Tensor
 
 from .data import make_sample
 from .evaluation import DetectorEvaluation, SceneScores
-from .graphs import scope_of
+from .graphs import scope_of, stored_tensors
 from .metrics import compare
 from .model import SMALL_WIDTHS, HeadConfig
 from .pipeline import SplitDetector
@@ -64,6 +69,27 @@ def checkpoints(reference: onnx.ModelProto, test: onnx.ModelProto) -> list[tuple
             last.pop(module, None)  # re-inserted: the order is that of each module's last checkpoint
             last[module] = (_module_name(module) or node.op_type, name)
     return list(last.values())
+
+
+def unshared_scales(model: onnx.ModelProto) -> list[tuple[str, list[float]]]:
+    """The Concat and Add nodes of a Q/DQ graph with two or more inputs read through a DequantizeLinear whose scales
+    differ → ``[(node name, [scale of each such input])]``. TensorRT concatenates or adds int8 tensors only at one
+    scale (it requantizes otherwise): a fusion lost, not a number changed. Upstream's Bottleneck Add, with one
+    quantized input, is not among them."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    stored = stored_tensors(model)
+    found = []
+    for node in model.graph.node:
+        if node.op_type not in ("Concat", "Add"):
+            continue
+        scales = [
+            float(numpy_helper.to_array(stored[p.input[1]]).reshape(-1)[0])
+            for p in (producer.get(name) for name in node.input)
+            if p is not None and p.op_type == "DequantizeLinear" and p.input[1] in stored
+        ]
+        if len(set(scales)) > 1:
+            found.append((node.name, scales))
+    return found
 
 
 def _module_name(scope: tuple[str, ...]) -> str:
@@ -116,13 +142,15 @@ class StageAgreement:
 @dataclass
 class Diagnosis:
     """What ``diagnose`` measured: ``stages`` in pipeline order, each side's ``scores`` (by label) and the
-    threshold; ``broken`` is the first stage that does not agree (None when every stage does)."""
+    threshold; ``broken`` is the first stage that does not agree (None when every stage does); ``unshared``: the
+    test's camera graphs' Concat/Add nodes whose inputs do not share one scale (``unshared_scales``)."""
 
     labels: tuple[str, str]
     stages: list[StageAgreement]
     scores: dict[str, DetectorEvaluation]
     min_sqnr_db: float
     seeds: list[int]
+    unshared: list[tuple[str, list[float]]]
 
     @property
     def broken(self) -> StageAgreement | None:
@@ -152,7 +180,13 @@ class Diagnosis:
             if self.broken
             else f"every stage agrees (SQNR ≥ {self.min_sqnr_db:g} dB)"
         )
-        return f"{where}; {self.labels[0]}: {boxes(ref)}; {self.labels[1]}: {boxes(test)}"
+        fusion = (
+            f"; {len(self.unshared)} Concat/Add with inputs at different scales, TensorRT cannot keep them in int8"
+            f" (first: {self.unshared[0][0]})"
+            if self.unshared
+            else ""
+        )
+        return f"{where}{fusion}; {self.labels[0]}: {boxes(ref)}; {self.labels[1]}: {boxes(test)}"
 
     def table(self) -> Table:
         """Every stage: shape, worst SQNR and cosine, non-finite values, depth-bin agreement, and whether it agrees."""
@@ -195,7 +229,8 @@ def _scenes(n: int) -> str:
 def side_summary(d: Diagnosis) -> dict:
     """The test side of ``d`` as plain JSON (what ``benchmarks/precision_by_detection.py`` records): its
     evaluation (``DetectorEvaluation.to_json``), the SQNR (dB) at each of ``BOUNDARIES`` and the lowest over the
-    head's heatmaps, the lowest over every stage, the depth-bin agreement and the first stage that does not agree."""
+    head's heatmaps, the lowest over every stage, the depth-bin agreement, the first stage that does not agree, and
+    the Concat/Add nodes whose inputs do not share one scale."""
     stages = {s.stage: s for s in d.stages}
     heatmaps = min(s.sqnr_db for s in d.stages if s.stage.startswith("heatmap_"))
     return {
@@ -204,12 +239,14 @@ def side_summary(d: Diagnosis) -> dict:
         "lowest_sqnr_db": d.lowest_sqnr_db,
         "depth_bin_agreement": d.depth_bin_agreement,
         "first_break": d.broken.stage if d.broken else None,
+        "unshared_scales": [node for node, _ in d.unshared],
     }
 
 
 def precision_table(fp32: DetectorEvaluation, sides: dict[str, dict], title: str = "") -> Table:
     """fp32 and each recorded side (``side_summary``, by label): mAP and AP per class, box count, SQNR against fp32
-    at the graph boundaries and the heatmaps, depth-bin agreement (%), and the first stage that does not agree."""
+    at the graph boundaries and the heatmaps, depth-bin agreement (%), the first stage that does not agree, and the
+    Concat/Add nodes whose inputs carry two scales."""
     names = list(fp32.metrics.classes)
     rows = [
         (
@@ -217,7 +254,7 @@ def precision_table(fp32: DetectorEvaluation, sides: dict[str, dict], title: str
             fp32.mean_ap,
             *(fp32.metrics.classes[n].mean_ap for n in names),
             sum(fp32.predicted.values()),
-            *[""] * (len(BOUNDARIES) + 3),
+            *[""] * (len(BOUNDARIES) + 4),
         )
     ]
     for label, side in sides.items():
@@ -231,6 +268,7 @@ def precision_table(fp32: DetectorEvaluation, sides: dict[str, dict], title: str
                 *(side["sqnr_db"][b] for b in (*BOUNDARIES, "heatmaps")),
                 f"{100 * side['depth_bin_agreement']:.2f}",
                 side["first_break"] or "none",
+                len(side["unshared_scales"]),
             )
         )
     columns = (
@@ -242,6 +280,7 @@ def precision_table(fp32: DetectorEvaluation, sides: dict[str, dict], title: str
         "SQNR heatmaps dB",
         "same depth bin %",
         "first break",
+        "Concat/Add at two scales",
     )
     return Table(rows, columns, title or "precisions judged by detection (SQNR against fp32)")
 
@@ -308,9 +347,12 @@ def diagnose_many(
     seeds = list(seeds)
     if not seeds:
         raise ValueError("diagnose needs at least one scene")
+    for g in (reference, *tests):
+        g.path(HEAD_FILE)  # the head graph is compared at its outputs (its maps) only, but must be there
     reference_graphs = {f: _load(reference, f) for f in (BACKBONE_FILE, VTRANSFORM_FILE)}
-    reference.path(HEAD_FILE)  # the head graph is compared at its outputs (its maps) only, but must be there
-    inner = [_shared_checkpoints(reference_graphs, t) for t in tests]  # per test: {file: [(label, tensor)]}
+    test_graphs = [{f: _load(t, f) for f in reference_graphs} for t in tests]
+    inner = [{f: checkpoints(reference_graphs[f], g[f]) for f in g} for g in test_graphs]  # {file: [(label, tensor)]}
+    unshared = [[found for g in graphs.values() for found in unshared_scales(g)] for graphs in test_graphs]
     wanted = {file: list(dict.fromkeys(t for pairs in inner for _, t in pairs[file])) for file in inner[0]}
 
     def split(g: Graphs, extra: dict[str, list[str]]) -> SplitDetector:
@@ -333,22 +375,15 @@ def diagnose_many(
                     in_backbone = any(key == tensor for _, tensor in pairs[BACKBONE_FILE])
                     agreed[stage] = StageAgreement(stage, list(ref[key].shape), first_camera=in_backbone)
                 agreed[stage].add(ref[key], out[key])
-    results = [s.result() for s in scores]
+    res = [s.result() for s in scores]
     return [
-        Diagnosis((names[0], name), list(agreed.values()), {names[0]: results[0], name: result}, min_sqnr_db, seeds)
-        for name, agreed, result in zip(names[1:], stages, results[1:], strict=True)
+        Diagnosis((names[0], name), list(agreed.values()), {names[0]: res[0], name: result}, min_sqnr_db, seeds, found)
+        for name, agreed, result, found in zip(names[1:], stages, res[1:], unshared, strict=True)
     ]
 
 
 def _load(graphs: Graphs, file: str) -> onnx.ModelProto:
     return onnx.load(str(graphs.path(file)), load_external_data=False)
-
-
-def _shared_checkpoints(reference: dict[str, onnx.ModelProto], test: Graphs) -> dict[str, list[tuple[str, str]]]:
-    """Per camera graph (``reference``: by file name), the checkpoints it shares with ``test``'s (``checkpoints``:
-    label, tensor name); ``test`` must hold a head graph too."""
-    test.path(HEAD_FILE)
-    return {file: checkpoints(graph, _load(test, file)) for file, graph in reference.items()}
 
 
 def _stage_keys(inner: dict[str, list[tuple[str, str]]], head: HeadConfig) -> list[tuple[str, str]]:

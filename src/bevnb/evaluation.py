@@ -52,7 +52,7 @@ def trained_detector(config: CameraConfig = R50, path: str | Path = TRAINED_WEIG
 
 def recorded_evaluation(part: str = "all", path: str | Path = TRAINING_EVALUATION) -> DetectorEvaluation:
     """What ``training/evaluate.py`` measured for the shipped weights (``evaluation.json``): ``"all"`` its held-out
-    scenes, ``"subset"`` the first few alone (those chapter 12 evaluates live)."""
+    scenes, ``"subset"`` the first few alone (those chapter 09 evaluates live)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no recorded evaluation here; score the weights with `{EVALUATE_COMMAND}`")

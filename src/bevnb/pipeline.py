@@ -121,8 +121,9 @@ class SplitCamera:
     ``[1, C, X/2, Y/2]``. The graphs' names and static shapes must be those ``config`` implies
     (``subclass.io_shapes``): graphs exported for another rig fail here, in one line.
 
-    ``half``: both graphs with half-precision numerics (``OnnxGraph``); ``extra_outputs``: inner tensors to expose
-    (``{file name: tensor names}``), added to ``outputs`` under their tensor names.
+    ``half``: both graphs with half-precision numerics (``OnnxGraph``), and bev_pool's output rounded to float16 as
+    CUDA-BEVFusion's half-precision bev_pool stores it (a sum beyond ±65504 becomes ±inf there); ``extra_outputs``:
+    inner tensors to expose (``{file name: tensor names}``), added to ``outputs`` under their tensor names.
     """
 
     def __init__(
@@ -144,6 +145,7 @@ class SplitCamera:
         resolve_backend(bev_pool_backend, "cpu")  # an unknown name fails here, not after the backbone has run
         self.bev_pool_backend = bev_pool_backend
         self.config = config
+        self.half = half
 
     def __call__(self, sample: dict) -> SplitResult:
         timings: dict[str, float] = {}
@@ -164,6 +166,8 @@ class SplitCamera:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         depth_weights, features = out["depth_weights"].to(device), out["features"].to(device)
         out["bev"] = timed("bev_pool", bev_pool, depth_weights, features, plan.to(device), self.bev_pool_backend).cpu()
+        if self.half:
+            out["bev"] = out["bev"].half().float()
         out["bev_downsampled"], *inner = timed("vtransform", self.vtransform, out["bev"])
         out.update(zip(self.vtransform.output_names[1:], inner, strict=True))
         return SplitResult(out, timings)

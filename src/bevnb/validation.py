@@ -53,7 +53,7 @@ def ensure_exported(
     (fp16 only) exports for another configuration than the rig's. A configuration other than R50 gets its own folder,
     tagged ``-<N>cam-<iH>x<iW>-<X>x<Y>``: ``build/onnx/fp16-5cam-384x1056-256x128``.
 
-    Chapters 05, 07, 08 and 11 and the tests use it, so each can run on its own and none exports twice."""
+    Chapters 05, 07, 08 and 12 and the tests use it, so each can run on its own and none exports twice."""
     inputs = inputs or current()
     config = config or inputs.rig.config
     if precision == "int8":

@@ -1,5 +1,5 @@
-"""Figures of the detector (chapters 12 and 13): training curves, boxes on the camera images and from above, and a
-diagnosis stage by stage.
+"""Figures of the detector (chapters 09 and 13): training curves, boxes on the camera images and from above, a
+diagnosis stage by stage, and two sensitivity runs judged by detection side by side.
 
 Drawn with ``viz``'s helpers (the mosaic of cameras, the one BEV view with forward up, ``viz.bev_boxes``), ground
 truth in ``viz.GT_COLORS`` and predictions in ``viz.PREDICTED_COLORS``. Like ``viz``, it only draws.
@@ -21,6 +21,7 @@ from .diagnosis import Diagnosis
 from .evaluation import DetectorEvaluation
 from .rig import Rig
 from .scene import _BOX_EDGES, CLASS_NAMES, box_corners
+from .sensitivity import DetectionSensitivity
 from .viz import GT_COLORS, PREDICTED_COLORS, _mosaic_axes, _rig_of, bev_boxes, bev_image
 
 LOSSES = ("heatmap", "box", "depth")  # training/train.py's loss columns
@@ -180,3 +181,69 @@ def map_against_calibration(fp32: DetectorEvaluation, sides: Mapping[str, dict],
     ax.legend(fontsize=7, ncols=2)
     ax.grid(alpha=0.3)
     return fig
+
+
+def sensitivity_runs(first: DetectionSensitivity, second: DetectionSensitivity, top: int = 5) -> Figure:
+    """Two ``sensitivity.analyse_by_detection`` runs on disjoint scenes, one point per unit: left, the mAP gained with
+    that unit alone in float, first run against second, bars the standard deviation of the per-scene gains (the
+    spread); right, the mean pooled-BEV SQNR, bars its per-scene standard deviation. Each run's first ``top`` units
+    by that measure are ringed (first run) or crossed (second). A ranking that holds still puts the same units top
+    right in both runs."""
+    fig = Figure(figsize=(12, 5), layout="constrained")
+    runs = (first, second)
+
+    def gains(run: DetectionSensitivity, unit: str) -> np.ndarray:
+        return np.subtract(run.scene_map[unit], run.scene_map["none (all int8)"])
+
+    measures = (
+        (
+            "mAP gain with the unit in float",
+            lambda r, u: r.map_gain(u),
+            lambda r, u: gains(r, u).std(ddof=1),
+            lambda r: r.ranking(),
+        ),
+        (
+            "pooled-BEV SQNR with the unit in float (dB)",
+            lambda r, u: np.mean(r.bev_sqnr[u]),
+            lambda r, u: np.std(r.bev_sqnr[u], ddof=1),
+            lambda r: r.sqnr_ranking(),
+        ),
+    )
+    for ax, (label, value, spread, ranking) in zip(fig.subplots(1, 2), measures, strict=True):
+        units = first.units
+        x = np.array([value(first, u) for u in units])
+        y = np.array([value(second, u) for u in units])
+        ax.errorbar(
+            x,
+            y,
+            xerr=[spread(first, u) for u in units],
+            yerr=[spread(second, u) for u in units],
+            fmt="o",
+            ms=3,
+            color="0.45",
+            ecolor="0.8",
+            lw=0.8,
+        )
+        for k, (run, marker) in enumerate(zip(runs, ("o", "x"), strict=True)):
+            head = [units.index(u) for u in ranking(run)[:top]]
+            face = {"facecolors": "none"} if marker == "o" else {}
+            ax.scatter(
+                x[head],
+                y[head],
+                s=110,
+                marker=marker,
+                edgecolors=f"C{k}" if marker == "o" else None,
+                color=f"C{k}",
+                label=f"top {top}, {_seeds(run)}",
+                **face,
+            )
+        agree = len(set(ranking(first)[:top]) & set(ranking(second)[:top]))
+        ax.set(xlabel=f"{label}, {_seeds(first)}", ylabel=_seeds(second))
+        ax.set_title(f"{label}: the two top {top} share {agree}", fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def _seeds(run: DetectionSensitivity) -> str:
+    return f"scenes {run.seeds[0]}–{run.seeds[-1]}"
