@@ -65,14 +65,14 @@ def measure() -> list[Row]:
     import torch
 
     import bevnb
-    from bevnb import graphs, quant, sensitivity, toolchains
+    from bevnb import failures, graphs, quant, sensitivity, toolchains
     from bevnb.diagnosis import Graphs, diagnose_many
     from bevnb.evaluation import evaluate_detector, trained_detector
     from bevnb.export import export_head
     from bevnb.oracle import footprint_margin, oracle_lift
     from bevnb.paths import TRAINED_WEIGHTS, build_dir
     from bevnb.pipeline import SplitCamera
-    from bevnb.rig import FIVE_CAMERA_RIG_PATH, load_rig
+    from bevnb.rig import FIVE_CAMERA_RIG_PATH, default_rig, load_rig
     from bevnb.validation import ensure_exported, graph_parity, validate
 
     rows: list[Row] = [_import_time()]
@@ -280,8 +280,7 @@ def measure() -> list[Row]:
 
     head_dir = build_dir("readme", "head")
     export_head(trained_detector().head, head_dir, verbose=False)
-    zeros = quant.quantize_camera(bevnb.build_camera_model(TRAINED_WEIGHTS))
-    quant.calibrate(zeros, [quant.backbone_inputs(bevnb.make_sample("zeros"))], "mse", progress=False)
+    zeros = failures.calibrated_on_export_sample(bevnb.build_camera_model(TRAINED_WEIGHTS), default_rig())
     bevnb.export_camera(zeros, build_dir("readme", "int8-zeros"), "int8", verbose=False)
     fp16_dir, mo_dir = files["camera.backbone.onnx"].path.parent, mo_files["camera.backbone.onnx"].path.parent
     sides = [
@@ -312,8 +311,38 @@ def measure() -> list[Row]:
                 + (f"first stage below {d.min_sqnr_db:g} dB: {d.broken.stage}" if d.broken else "every stage agrees"),
             )
         )
+    scaled = failures.features_scaled(bevnb.build_camera_model(TRAINED_WEIGHTS), 512.0)
+    bevnb.export_camera(scaled, build_dir("readme", "fp16-x512"), "fp16", verbose=False)
+    overflow = _self_against_half(build_dir("readme", "fp16-x512"), head_dir, "features ×512", scenes)
+    factor = failures.fp16_rescale(next(s for s in overflow.stages if s.stage == "bev_pool").peak)
+    bevnb.export_camera(
+        failures.features_scaled(scaled, factor), build_dir("readme", "fp16-rescaled"), "fp16", verbose=False
+    )
+    fixed = _self_against_half(build_dir("readme", "fp16-rescaled"), head_dir, f"rescaled ×{factor:g}", scenes)
+    for d in (overflow, fixed):
+        found = d.scores[d.labels[1]]
+        rows.append(
+            (
+                f"{d.labels[1]} vs its fp32 graphs, 4 held-out scenes (chapter 13)",
+                f"{sum(found.predicted.values())} boxes, mAP {found.mean_ap:.3f}; "
+                + (
+                    f"first stage that breaks: {d.broken.stage} ({d.broken.nonfinite} non-finite values, fp32 peak "
+                    f"{d.broken.peak:,.0f})"
+                    if d.broken
+                    else f"every stage agrees (lowest SQNR {d.lowest_sqnr_db:.1f} dB)"
+                ),
+            )
+        )
     del torch
     return rows
+
+
+def _self_against_half(folder: Path, head_dir: Path, what: str, scenes: range):
+    """One float export against itself with fp16 numerics (``bevnb diagnose DIR DIR --half test``)."""
+    from bevnb.diagnosis import Graphs, diagnose
+
+    reference = Graphs(folder, head_dir=head_dir, label=f"fp32, {what}")
+    return diagnose(reference, Graphs(folder, True, f"fp16 numerics, {what}", head_dir), scenes, progress=False)
 
 
 def run_info() -> dict:

@@ -183,7 +183,13 @@ def test_the_recorded_precision_table_has_every_side_and_its_fp32_is_chapter_12s
     assert abs(fp32.mean_ap - pytorch.mean_ap) <= 0.005  # the graphs in ONNX Runtime against PyTorch, same boxes
     sides = record["sides"]
     assert sorted(map(int, record["calibration_sweep"])) == [1, 2, 8, 32]
-    assert {"fp16 numerics", *record["calibration_sweep"].values()} <= set(sides) and len(sides) == 7
+    assert {"fp16 numerics", *record["calibration_sweep"].values()} <= set(sides) and len(sides) == 9
+    failed = record["failures"]  # failures 3 and 4 of chapter 13, each with the side that fixes it
+    assert set(failed) == {"calibrated on another rig's frames", "Concat inputs at two scales"}
+    assert all(f["fix"] == record["calibration_sweep"]["2"] and f["side"] in sides for f in failed.values())
+    unshared = sides[failed["Concat inputs at two scales"]]["unshared_scales"]
+    assert unshared == ["/neck/quant_concat0/Concat", "/neck/quant_concat1/Concat"]
+    assert all(not s["unshared_scales"] for label, s in sides.items() if label != failed["Concat inputs at two scales"])
     assert sides["fp16 numerics"]["first_break"] is None and sides["fp16 numerics"]["depth_bin_agreement"] > 0.99
     assert all(set(s["sqnr_db"]) == {*BOUNDARIES, "heatmaps"} for s in sides.values())
     table = precision_table(fp32, sides)

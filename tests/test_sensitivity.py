@@ -103,3 +103,66 @@ def test_the_most_sensitive_units_matter_more_and_the_partial_graph_has_the_pred
     with torch.no_grad(), sensitivity.left_in_float([unit]):
         full = split(img, depth)[0]
     assert compare(reference, full)["sqnr_db"] == pytest.approx(result.sqnr[unit.name]["camera_feature"], abs=1e-9)
+
+
+def _detection_sensitivity(gains: dict[str, list[float]], sqnr: dict[str, list[float]]):
+    """A ``DetectionSensitivity`` from per-scene mAP (by row) and BEV SQNR, with one class and no boxes counted."""
+    from bevnb.detection import ClassMetrics, DetectionMetrics
+    from bevnb.evaluation import DepthAccuracy, DetectorEvaluation
+
+    def evaluation(scene_maps: list[float]) -> DetectorEvaluation:
+        mean = sum(scene_maps) / len(scene_maps)
+        metrics = DetectionMetrics({"car": ClassMetrics(dict.fromkeys((0.5, 1.0, 2.0, 4.0), mean), 0.1, 0.1, 0.1)})
+        return DetectorEvaluation(metrics, DepthAccuracy(), {"car": 3}, {"car": 3}, [1000, 1001])
+
+    units = [u for u in gains if u not in (sensitivity.FP32, sensitivity.ALL_INT8)]
+    return sensitivity.DetectionSensitivity(
+        [1000, 1001], {k: evaluation(v) for k, v in gains.items()}, gains, sqnr, dict.fromkeys(units, 2)
+    )
+
+
+def test_detection_sensitivity_ranks_by_map_gain_then_sqnr_and_round_trips_as_json():
+    result = _detection_sensitivity(
+        {
+            sensitivity.FP32: [0.9, 0.9],
+            sensitivity.ALL_INT8: [0.8, 0.8],
+            "a": [0.8, 0.8],  # no gain, high SQNR
+            "b": [0.9, 0.8],  # +0.05
+            "c": [0.8, 0.8],  # no gain, low SQNR
+        },
+        {sensitivity.ALL_INT8: [18.0, 18.0], "a": [20.0, 21.0], "b": [18.5, 18.5], "c": [18.1, 18.2]},
+    )
+    assert result.ranking() == ["b", "a", "c"] and result.sqnr_ranking() == ["a", "b", "c"]
+    assert result.map_gain("b") == pytest.approx(0.05)
+    table = result.table(2)
+    assert [row[1] for row in table.rows] == ["b", "a", sensitivity.ALL_INT8, sensitivity.FP32]
+    assert table.rows[0][5] == "+0.0500 ± 0.0707" and table.rows[1][7] == "20.50 ± 0.71"
+    again = sensitivity.DetectionSensitivity.from_json(result.to_json())
+    assert again.ranking() == result.ranking() and again.to_json() == result.to_json()
+
+
+def test_the_recorded_sensitivity_by_detection_runs_two_disjoint_scene_sets():
+    """``benchmarks/sensitivity_by_detection.py``'s record (chapter 12 renders it): two runs of eight held-out scenes
+    with no scene in common, every unit in each, the top fives as the runs rank them, and the exported float set's
+    Q/DQ pairs as predicted."""
+    import json
+
+    from bevnb.paths import CHECKOUT
+    from bevnb.viz_detection import sensitivity_runs
+
+    record = json.loads((CHECKOUT / "benchmarks/results/precision/sensitivity_by_detection.json").read_text())
+    runs = [sensitivity.DetectionSensitivity.from_json(r) for r in record["runs"]]
+    assert [len(r.seeds) for r in runs] == [8, 8] and not set(runs[0].seeds) & set(runs[1].seeds)
+    assert min(runs[0].seeds) >= quant.HELD_OUT_SEED and min(runs[1].seeds) >= quant.HELD_OUT_SEED
+    assert all(len(r.units) == 29 and len(r.evaluations) == 31 for r in runs)
+    assert all(len(v) == 8 for r in runs for v in (*r.scene_map.values(), *r.bev_sqnr.values()))
+    assert record["top5_by_map"] == [r.ranking()[:5] for r in runs]
+    assert record["top5_by_sqnr"] == [r.sqnr_ranking()[:5] for r in runs]
+    for key in ("map", "sqnr"):
+        first, second = record[f"top5_by_{key}"]
+        assert record[f"top5_agree_by_{key}"] == len(set(first) & set(second))
+    fs = record["float_set"]
+    predicted = {k: fs["predicted_qdq"][k] for k in ("weights", "activations")}
+    assert fs["counted_qdq"] == predicted
+    assert sum(predicted.values()) == 128 - sum(runs[0].qdq_pairs[u] for u in fs["units"])
+    assert len(sensitivity_runs(*runs).axes) == 2

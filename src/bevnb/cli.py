@@ -251,12 +251,12 @@ def _sensitivity(args: argparse.Namespace) -> int:
 
 def _diagnose(args: argparse.Namespace) -> int:
     from .diagnosis import MIN_SQNR_DB, Graphs, diagnose
-    from .inputs import ENV_RIG
+    from .inputs import current
     from .quant import HELD_OUT_SEED
 
     if args.scenes < 1:
         raise ValueError(f"--scenes must be at least 1, got {args.scenes}")
-    rig = args.rig or os.environ.get(ENV_RIG)
+    rig = current(rig=args.rig).rig  # --rig, else $BEVNB_RIG, else the default rig
     sides = [
         Graphs(d, args.half == side, head_dir=args.head_dir)
         for d, side in ((args.reference, "reference"), (args.test, "test"))

@@ -52,8 +52,7 @@ class UnsharedConcat(nn.Module):
     def __init__(self, shared: quant.TensorQuantizer) -> None:
         super().__init__()
         self._input_quantizer = shared
-        self._upsampled_quantizer = quant.TensorQuantizer(quant.ACTIVATION)
-        self._upsampled_quantizer._calibrator._torch_hist = True
+        self._upsampled_quantizer = quant.activation_quantizer()
 
     def forward(self, tensors: list[Tensor]) -> Tensor:
         lateral, upsampled = tensors

@@ -122,7 +122,8 @@ class SplitCamera:
     (``subclass.io_shapes``): graphs exported for another rig fail here, in one line.
 
     ``half``: both graphs with half-precision numerics (``OnnxGraph``), and bev_pool's output rounded to float16 as
-    CUDA-BEVFusion's half-precision bev_pool stores it (a sum beyond ±65504 becomes ±inf there); ``extra_outputs``:
+    CUDA-BEVFusion's ``bevpool_half_pack10_kernel`` stores it (half in, float32 sums, half out: a sum beyond ±65504
+    becomes ±inf there); ``extra_outputs``:
     inner tensors to expose (``{file name: tensor names}``), added to ``outputs`` under their tensor names.
     """
 

@@ -78,7 +78,7 @@ class QuantConcat(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self._input_quantizer = _activation_quantizer()
+        self._input_quantizer = activation_quantizer()
 
     def forward(self, tensors: list[Tensor]) -> Tensor:
         return torch.cat([self._input_quantizer(t) for t in tensors], dim=1)
@@ -94,7 +94,7 @@ def quantize_camera(model: CameraBranch) -> CameraBranch:
         _swap_convs(part)
     for block in model.backbone.modules():
         if isinstance(block, Bottleneck) and block.downsample is not None:
-            block.residual_quantizer = _activation_quantizer()  # the downsample's output: a tensor of its own
+            block.residual_quantizer = activation_quantizer()  # the downsample's output: a tensor of its own
     model.neck.quant_concat0, model.neck.quant_concat1 = QuantConcat(), QuantConcat()
     share_quantizers(model)
     return model
@@ -129,7 +129,8 @@ def share_quantizers(model: CameraBranch, input_attribute: str = "_input_quantiz
             setattr(module, attribute, getattr(owner, owner_attribute))
 
 
-def _activation_quantizer() -> TensorQuantizer:
+def activation_quantizer() -> TensorQuantizer:
+    """A per-tensor int8 quantizer with a histogram calibrator (``ACTIVATION``): every activation's."""
     quantizer = TensorQuantizer(ACTIVATION)
     quantizer._calibrator._torch_hist = True  # torch.histc instead of numpy, as upstream's set_quantizer_fast
     return quantizer
@@ -159,7 +160,7 @@ def _quant_conv(conv: nn.Conv2d) -> quant_nn.QuantConv2d:
             quant_desc_input=ACTIVATION,
             quant_desc_weight=WEIGHT,
         )
-    quant._input_quantizer = _activation_quantizer()
+    quant._input_quantizer = activation_quantizer()
     quant.weight, quant.bias = conv.weight, conv.bias
     return quant
 

@@ -26,6 +26,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import fmean, stdev
 
 import torch
 from torch import Tensor, nn
@@ -210,11 +211,11 @@ class DetectionSensitivity:
 
     def ranking(self) -> list[str]:
         """Units by the mAP gained with that unit in float, highest first; ties by the mean BEV SQNR."""
-        return sorted(self.units, key=lambda u: (self.map_gain(u), _mean(self.bev_sqnr[u])), reverse=True)
+        return sorted(self.units, key=lambda u: (self.map_gain(u), fmean(self.bev_sqnr[u])), reverse=True)
 
     def sqnr_ranking(self) -> list[str]:
         """Units by the mean pooled-BEV SQNR with that unit in float, highest first."""
-        return sorted(self.units, key=lambda u: _mean(self.bev_sqnr[u]), reverse=True)
+        return sorted(self.units, key=lambda u: fmean(self.bev_sqnr[u]), reverse=True)
 
     def table(self, top: int | None = None) -> Table:
         """``ranking()``'s first ``top`` units, then the all-int8 and fp32 rows: mAP over the scenes, its gain, each
@@ -231,9 +232,9 @@ class DetectionSensitivity:
                 self.qdq_pairs.get(label, ""),
                 e.mean_ap,
                 self.map_gain(label),
-                f"{_mean(gains):+.4f} ± {_std(gains):.4f}",
+                f"{fmean(gains):+.4f} ± {_std(gains):.4f}",
                 sum(e.predicted.values()),
-                f"{_mean(sqnr):.2f} ± {_std(sqnr):.2f}" if sqnr else "",
+                f"{fmean(sqnr):.2f} ± {_std(sqnr):.2f}" if sqnr else "",
             )
 
         rows = [row(rank, unit) for rank, unit in enumerate(self.ranking()[:top], 1)]
@@ -257,13 +258,9 @@ class DetectionSensitivity:
         return cls(record["seeds"], evaluations, record["scene_map"], record["bev_sqnr"], record["qdq_pairs"])
 
 
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values)
-
-
 def _std(values: Sequence[float]) -> float:
-    mean = _mean(values)
-    return (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
+    """The sample standard deviation (0 for one value)."""
+    return stdev(values) if len(values) > 1 else 0.0
 
 
 @torch.no_grad()
@@ -328,7 +325,7 @@ def float_set_for_map_loss(
     if fp32 - result.evaluations[ALL_INT8].mean_ap <= max_loss:
         return [], []
     by_name = {u.name: u for u in sensitivity_units(model)}
-    detector = Detector(model, head).eval()
+    detector, rig = Detector(model, head).eval(), as_rig(rig)
     chosen: list[Unit] = []
     path: list[float] = []
     for name in tqdm(result.ranking(), desc="growing the float set", disable=not progress):
@@ -336,7 +333,7 @@ def float_set_for_map_loss(
         scores = SceneScores(detector)
         with quant.quiet_logs(), left_in_float(chosen):
             for seed in result.seeds:
-                scores.add(make_sample("synthetic", seed=seed, rig=as_rig(rig)), seed)
+                scores.add(make_sample("synthetic", seed=seed, rig=rig), seed)
         path.append(scores.result().mean_ap)
         if fp32 - path[-1] <= max_loss:
             return chosen, path
