@@ -368,8 +368,9 @@ def diagnose_many(
     stages: list[dict[str, StageAgreement]] = [{} for _ in tests]
     for seed in tqdm(seeds, desc=f"scenes, {len(scores)} sides", disable=not progress):
         sample = make_sample("synthetic", seed=seed, rig=rig)
-        ref, *outs = (s.add(sample, seed)[0] for s in scores)
-        for agreed, out, pairs in zip(stages, outs, inner, strict=True):
+        ref = scores[0].add(sample, seed)[0]
+        for agreed, side, pairs in zip(stages, scores[1:], inner, strict=True):
+            out = side.add(sample, seed)[0]  # one side at a time: each holds every camera's inner tensors
             for stage, key in _stage_keys(pairs, head):
                 if stage not in agreed:
                     in_backbone = any(key == tensor for _, tensor in pairs[BACKBONE_FILE])

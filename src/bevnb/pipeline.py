@@ -73,6 +73,9 @@ class OnnxGraph:
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such ONNX file (export it with `bevnb export`)")
         options = ort.SessionOptions()
+        # No CPU memory arena: an arena keeps each session's peak allocation for good, and a diagnosis holds a dozen
+        # sessions at once (with arenas, ten sides of benchmarks/precision_by_detection.py outgrew 24 GiB).
+        options.enable_cpu_mem_arena = False
         if not optimize:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         extra_outputs = list(extra_outputs)
