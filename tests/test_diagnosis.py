@@ -148,7 +148,9 @@ def test_int8_agrees_and_an_fp16_overflow_breaks_at_bev_pool_on_one_scene(onnx_d
     export_camera(features_scaled(trained, 512.0), tmp_path, "fp16", verbose=False)
     scaled = Graphs(tmp_path, head_dir=head_dir, label="fp32, features x512")
     (int8_result,) = diagnose_many(fp32, [int8], [1000], progress=False)
-    (overflow,) = diagnose_many(scaled, [Graphs(tmp_path, True, "fp16, features x512", head_dir)], [1000], False)
+    (overflow,) = diagnose_many(
+        scaled, [Graphs(tmp_path, True, "fp16, features x512", head_dir)], [1000], progress=False
+    )
     stages = [s.stage for s in int8_result.stages]
     assert stages[:2] == ["backbone.relu", "backbone.layer1.0"] and "backbone.layer4.2" in stages
     assert stages.index("camera_feature") < stages.index("bev_pool") < stages.index("vtransform output")

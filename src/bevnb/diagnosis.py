@@ -347,10 +347,10 @@ def diagnose_many(
     seeds = list(seeds)
     if not seeds:
         raise ValueError("diagnose needs at least one scene")
-    for g in (reference, *tests):
-        g.path(HEAD_FILE)  # the head graph is compared at its outputs (its maps) only, but must be there
     reference_graphs = {f: _load(reference, f) for f in (BACKBONE_FILE, VTRANSFORM_FILE)}
     test_graphs = [{f: _load(t, f) for f in reference_graphs} for t in tests]
+    for g in (reference, *tests):
+        g.path(HEAD_FILE)  # the head graph is compared at its outputs (its maps) only, but must be there
     inner = [{f: checkpoints(reference_graphs[f], g[f]) for f in g} for g in test_graphs]  # {file: [(label, tensor)]}
     unshared = [[found for g in graphs.values() for found in unshared_scales(g)] for graphs in test_graphs]
     wanted = {file: list(dict.fromkeys(t for pairs in inner for _, t in pairs[file])) for file in inner[0]}
