@@ -20,25 +20,12 @@ not beside the bev_pool results, which chapter 06 reads as a set); chapter 13 re
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
-import subprocess
 import time
-from importlib.metadata import version
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from run_record import ROOT, run_info, write
+
 RESULT = ROOT / "benchmarks" / "results" / "precision" / "precision_by_detection.json"
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def build_sides(calibration: list[int]) -> tuple[dict, dict[str, str], dict[str, dict[str, str]]]:
@@ -109,8 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULT)
     args = p.parse_args(argv)
 
-    import torch
-
     from bevnb import quant
     from bevnb.diagnosis import diagnose_many, side_summary
 
@@ -125,14 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         sides[label] = {"calibration_scenes": calibration, **side_summary(d)}
         print(d.verdict())
     record = {
-        "run": {
-            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "commit": _commit(),
-            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-            "versions": {p: version(p) for p in ("torch", "onnxruntime", "pytorch-quantization", "nvidia-modelopt")},
-            "seconds": round(time.monotonic() - start, 1),
-            "export_seconds": round(export_seconds, 1),
-        },
+        "run": run_info(
+            start, ("torch", "onnxruntime", "pytorch-quantization", "nvidia-modelopt"), export_seconds=export_seconds
+        ),
         "scenes": list(seeds),
         "min_sqnr_db": diagnoses[0].min_sqnr_db,
         "fp32": diagnoses[0].scores["fp32"].to_json(),
@@ -140,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "failures": failed,
         "sides": sides,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {args.out} ({record['run']['seconds']:.0f} s)")
+    write(record, args.out)
     return 0
 
 

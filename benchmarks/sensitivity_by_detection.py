@@ -17,25 +17,12 @@ chapter 12 renders it. Runs for about half an hour on a 2-core CPU.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
-import subprocess
 import time
-from importlib.metadata import version
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from run_record import ROOT, run_info, write
+
 RESULT = ROOT / "benchmarks" / "results" / "precision" / "sensitivity_by_detection.json"
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +33,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import onnx
-    import torch
 
     from bevnb import quant, sensitivity
     from bevnb.evaluation import trained_detector
@@ -73,13 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         export_camera(model, out, "int8", verbose=False)
     counted = count_quantized(onnx.load(str(out / "camera.backbone.onnx")))
     record = {
-        "run": {
-            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "commit": _commit(),
-            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-            "versions": {p: version(p) for p in ("torch", "onnxruntime", "pytorch-quantization")},
-            "seconds": round(time.monotonic() - start, 1),
-        },
+        "run": run_info(start, ("torch", "onnxruntime", "pytorch-quantization")),
         "runs": [r.to_json() for r in results],
         "top5_by_map": top,
         "top5_by_sqnr": top_sqnr,
@@ -93,10 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             "counted_qdq": counted,
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    write(record, args.out)
     print(f"top 5 by mAP agree on {record['top5_agree_by_map']}, by SQNR on {record['top5_agree_by_sqnr']}")
-    print(f"wrote {args.out} ({record['run']['seconds']:.0f} s)")
     return 0
 
 
