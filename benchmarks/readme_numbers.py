@@ -314,7 +314,7 @@ def measure() -> list[Row]:
     scaled = failures.features_scaled(bevnb.build_camera_model(TRAINED_WEIGHTS), 512.0)
     bevnb.export_camera(scaled, build_dir("readme", "fp16-x512"), "fp16", verbose=False)
     overflow = _self_against_half(build_dir("readme", "fp16-x512"), head_dir, "features ×512", scenes)
-    factor = failures.fp16_rescale(next(s for s in overflow.stages if s.stage == "bev_pool").peak)
+    factor = failures.fp16_rescale(overflow.stage("bev_pool").peak)
     bevnb.export_camera(
         failures.features_scaled(scaled, factor), build_dir("readme", "fp16-rescaled"), "fp16", verbose=False
     )

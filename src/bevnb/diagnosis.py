@@ -164,7 +164,11 @@ class Diagnosis:
     @property
     def depth_bin_agreement(self) -> float:
         """Share of feature pixels whose most likely depth bin is the reference's (``StageAgreement.bin_agreement``)."""
-        return next(s for s in self.stages if s.stage == DEPTH_STAGE).bin_agreement
+        return self.stage(DEPTH_STAGE).bin_agreement
+
+    def stage(self, name: str) -> StageAgreement:
+        """The stage called ``name`` (``bev_pool``, ``camera_feature``, ``backbone.layer1.0`` …)."""
+        return next(s for s in self.stages if s.stage == name)
 
     def verdict(self) -> str:
         """One line: where agreement breaks, and the boxes and mAP of both sides."""
@@ -231,11 +235,10 @@ def side_summary(d: Diagnosis) -> dict:
     evaluation (``DetectorEvaluation.to_json``), the SQNR (dB) at each of ``BOUNDARIES`` and the lowest over the
     head's heatmaps, the lowest over every stage, the depth-bin agreement, the first stage that does not agree, and
     the Concat/Add nodes whose inputs do not share one scale."""
-    stages = {s.stage: s for s in d.stages}
     heatmaps = min(s.sqnr_db for s in d.stages if s.stage.startswith("heatmap_"))
     return {
         "evaluation": d.scores[d.labels[1]].to_json(),
-        "sqnr_db": {b: stages[b].sqnr_db for b in BOUNDARIES} | {"heatmaps": heatmaps},
+        "sqnr_db": {b: d.stage(b).sqnr_db for b in BOUNDARIES} | {"heatmaps": heatmaps},
         "lowest_sqnr_db": d.lowest_sqnr_db,
         "depth_bin_agreement": d.depth_bin_agreement,
         "first_break": d.broken.stage if d.broken else None,

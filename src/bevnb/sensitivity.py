@@ -209,22 +209,29 @@ class DetectionSensitivity:
         """mAP over all scenes with ``label``'s unit in float, minus all of int8's."""
         return self.evaluations[label].mean_ap - self.evaluations[ALL_INT8].mean_ap
 
+    def scene_gains(self, label: str) -> list[float]:
+        """Each scene's own mAP with ``label``'s unit in float, minus all of int8's on that scene."""
+        return [a - b for a, b in zip(self.scene_map[label], self.scene_map[ALL_INT8], strict=True)]
+
+    def mean_sqnr(self, label: str) -> float:
+        """The pooled BEV's SQNR (dB) with ``label``'s unit in float, averaged over the scenes."""
+        return fmean(self.bev_sqnr[label])
+
     def ranking(self) -> list[str]:
         """Units by the mAP gained with that unit in float, highest first; ties by the mean BEV SQNR."""
-        return sorted(self.units, key=lambda u: (self.map_gain(u), fmean(self.bev_sqnr[u])), reverse=True)
+        return sorted(self.units, key=lambda u: (self.map_gain(u), self.mean_sqnr(u)), reverse=True)
 
     def sqnr_ranking(self) -> list[str]:
         """Units by the mean pooled-BEV SQNR with that unit in float, highest first."""
-        return sorted(self.units, key=lambda u: fmean(self.bev_sqnr[u]), reverse=True)
+        return sorted(self.units, key=self.mean_sqnr, reverse=True)
 
     def table(self, top: int | None = None) -> Table:
         """``ranking()``'s first ``top`` units, then the all-int8 and fp32 rows: mAP over the scenes, its gain, each
         scene's mAP gain (mean ± standard deviation), boxes, and the pooled BEV's SQNR (mean ± standard deviation)."""
-        base = self.scene_map[ALL_INT8]
 
         def row(rank: object, label: str) -> tuple:
             e = self.evaluations[label]
-            gains = [a - b for a, b in zip(self.scene_map[label], base, strict=True)]
+            gains = self.scene_gains(label)
             sqnr = self.bev_sqnr.get(label, [])
             return (
                 rank,
@@ -232,9 +239,9 @@ class DetectionSensitivity:
                 self.qdq_pairs.get(label, ""),
                 e.mean_ap,
                 self.map_gain(label),
-                f"{fmean(gains):+.4f} ± {_std(gains):.4f}",
+                f"{fmean(gains):+.4f} ± {spread(gains):.4f}",
                 sum(e.predicted.values()),
-                f"{fmean(sqnr):.2f} ± {_std(sqnr):.2f}" if sqnr else "",
+                f"{fmean(sqnr):.2f} ± {spread(sqnr):.2f}" if sqnr else "",
             )
 
         rows = [row(rank, unit) for rank, unit in enumerate(self.ranking()[:top], 1)]
@@ -258,8 +265,8 @@ class DetectionSensitivity:
         return cls(record["seeds"], evaluations, record["scene_map"], record["bev_sqnr"], record["qdq_pairs"])
 
 
-def _std(values: Sequence[float]) -> float:
-    """The sample standard deviation (0 for one value)."""
+def spread(values: Sequence[float]) -> float:
+    """The sample standard deviation of per-scene values (0 for one value): the spread tables and figures show."""
     return stdev(values) if len(values) > 1 else 0.0
 
 

@@ -21,7 +21,7 @@ from .diagnosis import Diagnosis
 from .evaluation import DetectorEvaluation
 from .rig import Rig
 from .scene import _BOX_EDGES, CLASS_NAMES, box_corners
-from .sensitivity import DetectionSensitivity
+from .sensitivity import DetectionSensitivity, spread
 from .viz import GT_COLORS, PREDICTED_COLORS, _mosaic_axes, _rig_of, bev_boxes, bev_image
 
 LOSSES = ("heatmap", "box", "depth")  # training/train.py's loss columns
@@ -191,33 +191,29 @@ def sensitivity_runs(first: DetectionSensitivity, second: DetectionSensitivity, 
     right in both runs."""
     fig = Figure(figsize=(12, 5), layout="constrained")
     runs = (first, second)
-
-    def gains(run: DetectionSensitivity, unit: str) -> np.ndarray:
-        return np.subtract(run.scene_map[unit], run.scene_map["none (all int8)"])
-
     measures = (
         (
             "mAP gain with the unit in float",
-            lambda r, u: r.map_gain(u),
-            lambda r, u: gains(r, u).std(ddof=1),
-            lambda r: r.ranking(),
+            DetectionSensitivity.map_gain,
+            lambda r, u: spread(r.scene_gains(u)),
+            DetectionSensitivity.ranking,
         ),
         (
             "pooled-BEV SQNR with the unit in float (dB)",
-            lambda r, u: np.mean(r.bev_sqnr[u]),
-            lambda r, u: np.std(r.bev_sqnr[u], ddof=1),
-            lambda r: r.sqnr_ranking(),
+            DetectionSensitivity.mean_sqnr,
+            lambda r, u: spread(r.bev_sqnr[u]),
+            DetectionSensitivity.sqnr_ranking,
         ),
     )
-    for ax, (label, value, spread, ranking) in zip(fig.subplots(1, 2), measures, strict=True):
+    for ax, (label, value, error, ranking) in zip(fig.subplots(1, 2), measures, strict=True):
         units = first.units
         x = np.array([value(first, u) for u in units])
         y = np.array([value(second, u) for u in units])
         ax.errorbar(
             x,
             y,
-            xerr=[spread(first, u) for u in units],
-            yerr=[spread(second, u) for u in units],
+            xerr=[error(first, u) for u in units],
+            yerr=[error(second, u) for u in units],
             fmt="o",
             ms=3,
             color="0.45",
